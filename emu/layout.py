@@ -24,6 +24,13 @@ FIRMWARE_TOP = 0x1_0000_0000  # the firmware ROM ends here (reset vector at FFFF
 FIRMWARE_MAX_SIZE = 16 * MiB
 RESET_VECTOR = 0xFFFF_FFF0
 
+# KVM's private pages, needed on Intel VMX without unrestricted guest (real mode and unpaged
+# protected mode are run through them): a one-page identity-mapped page table and a 3-page TSS.
+# Same place as QEMU, just below the largest firmware ROM; the firmware's e820 must reserve them.
+KVM_IDENTITY_MAP_ADDR = 0xFEFF_C000
+KVM_TSS_ADDR = 0xFEFF_D000
+KVM_PRIVATE_END = 0xFF00_0000
+
 IOAPIC_BASE = 0xFEC0_0000
 LAPIC_BASE = 0xFEE0_0000
 

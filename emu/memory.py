@@ -36,8 +36,11 @@ class RamRegion:
         return ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
 
     def close(self) -> None:
-        self.view.release()
-        self.mm.close()
+        try:
+            self.view.release()
+            self.mm.close()
+        except BufferError:
+            pass  # a slice is still referenced somewhere; the mapping goes when it does
 
 
 def parse_size(text: str) -> int:

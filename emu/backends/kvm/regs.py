@@ -1,0 +1,109 @@
+"""Conversions between CpuState and KVM's register structs (kvm_regs, kvm_sregs, kvm_fpu, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emu.cpu.state import GPR_NAMES, CpuState, DescriptorTable, FpuState, Segment
+
+# kvm_sregs members holding segments, in CpuState's names (identical to KVM's).
+SREG_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+_SEGMENT_FIELDS = (
+    "base",
+    "limit",
+    "selector",
+    "type",
+    "present",
+    "dpl",
+    "db",
+    "s",
+    "l",
+    "g",
+    "avl",
+    "unusable",
+)
+
+CData = Any  # a cffi cdata object (cffi ships no type information)
+
+
+def segment_from_kvm(k: CData) -> Segment:
+    return Segment(**{f: int(getattr(k, f)) for f in _SEGMENT_FIELDS})
+
+
+def segment_to_kvm(seg: Segment, k: CData) -> None:
+    for f in _SEGMENT_FIELDS:
+        setattr(k, f, getattr(seg, f))
+    k.padding = 0
+
+
+def regs_to_state(regs: CData, state: CpuState) -> None:
+    for name in GPR_NAMES:
+        setattr(state, name, int(getattr(regs, name)))
+    state.rip = int(regs.rip)
+    state.rflags = int(regs.rflags)
+
+
+def state_to_regs(state: CpuState, regs: CData) -> None:
+    for name in GPR_NAMES:
+        setattr(regs, name, getattr(state, name))
+    regs.rip = state.rip
+    regs.rflags = state.rflags
+
+
+def sregs_to_state(sregs: CData, state: CpuState) -> None:
+    for name in SREG_SEGMENTS:
+        setattr(state, name, segment_from_kvm(getattr(sregs, name)))
+    state.gdt = DescriptorTable(int(sregs.gdt.base), int(sregs.gdt.limit))
+    state.idt = DescriptorTable(int(sregs.idt.base), int(sregs.idt.limit))
+    for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer"):
+        setattr(state, name, int(getattr(sregs, name)))
+
+
+def state_to_sregs(state: CpuState, sregs: CData) -> None:
+    """Fill `sregs` from `state`; apic_base is left as the caller read it from KVM."""
+    for name in SREG_SEGMENTS:
+        segment_to_kvm(getattr(state, name), getattr(sregs, name))
+    for name in ("gdt", "idt"):
+        table, k = getattr(state, name), getattr(sregs, name)
+        k.base, k.limit = table.base, table.limit
+        k.padding = [0, 0, 0]
+    for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer"):
+        setattr(sregs, name, getattr(state, name))
+    # A set bit here queues an interrupt on hosts without an in-kernel APIC: never wanted.
+    sregs.interrupt_bitmap = [0, 0, 0, 0]
+
+
+def fpu_to_state(fpu: CData) -> FpuState:
+    return FpuState(
+        fcw=int(fpu.fcw), fsw=int(fpu.fsw), ftw=int(fpu.ftwx), fop=int(fpu.last_opcode),
+        fip=int(fpu.last_ip), fdp=int(fpu.last_dp),
+        st=[bytes(fpu.fpr[i])[:10] for i in range(8)],
+        xmm=[bytes(fpu.xmm[i]) for i in range(16)],
+        mxcsr=int(fpu.mxcsr),
+    )  # fmt: skip
+
+
+def state_to_fpu(f: FpuState, fpu: CData) -> None:
+    if len(f.st) != 8 or len(f.xmm) != 16:
+        raise ValueError("FpuState needs 8 x87 registers and 16 XMM registers")
+    fpu.fcw, fpu.fsw, fpu.ftwx, fpu.pad1 = f.fcw, f.fsw, f.ftw, 0
+    fpu.last_opcode, fpu.last_ip, fpu.last_dp = f.fop, f.fip, f.fdp
+    for i, st in enumerate(f.st):
+        if len(st) != 10:
+            raise ValueError(f"ST({i}) must be 10 bytes (an 80-bit register), not {len(st)}")
+        fpu.fpr[i] = list(st + bytes(6))  # FXSAVE layout: each register in a 16-byte slot
+    for i, xmm in enumerate(f.xmm):
+        if len(xmm) != 16:
+            raise ValueError(f"XMM{i} must be 16 bytes, not {len(xmm)}")
+        fpu.xmm[i] = list(xmm)
+    fpu.mxcsr, fpu.pad2 = f.mxcsr, 0
+
+
+def debugregs_to_state(dr: CData, state: CpuState) -> None:
+    state.dr0, state.dr1, state.dr2, state.dr3 = (int(dr.db[i]) for i in range(4))
+    state.dr6, state.dr7 = int(dr.dr6), int(dr.dr7)
+
+
+def state_to_debugregs(state: CpuState, dr: CData) -> None:
+    dr.db = [state.dr0, state.dr1, state.dr2, state.dr3]
+    dr.dr6, dr.dr7, dr.flags = state.dr6, state.dr7, 0

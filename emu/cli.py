@@ -1,0 +1,161 @@
+"""`emu` command line: `emu run` boots a machine with its console on stdio."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from emu import __version__
+from emu.config import BackendName, MachineConfig
+from emu.errors import EmuError, ExitStatus
+from emu.memory import parse_size
+
+EXIT_STATUS_HELP = """exit statuses:
+  0     the guest powered off or halted for good (cli; hlt), or you quit (Ctrl-A x)
+  odd   the guest wrote v to the debug-exit port 0xF4: status (v << 1) | 1
+  2     bad usage or bad input (missing file, image too large, bad option)
+  4     triple fault
+  70    emulator error (including an unusable /dev/kvm)
+  124   --timeout expired
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"emu: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(ExitStatus.USAGE)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except EmuError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="emu", description="A full-system x86 PC emulator for debugging early boot.")
+    p.add_argument("--version", action="version", version=f"emu {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="boot a machine with its console on stdio",
+        description="Boot a machine. With no boot source, boots the bundled demo guest.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--backend", choices=[b.value for b in BackendName], default="unicorn",
+                     help="CPU backend (default: unicorn)")  # fmt: skip
+    run.add_argument("-m", "--mem", type=_size, default="256M", help="guest RAM, e.g. 64M, 2G (default 256M)")
+    boot = run.add_mutually_exclusive_group()
+    boot.add_argument("--bios", type=Path, metavar="FILE", help="firmware image started at the reset vector")
+    boot.add_argument("--image", type=Path, metavar="FILE", help="flat real-mode image loaded at --load-addr")
+    run.add_argument("--load-addr", type=_int, default=0x7C00, metavar="ADDR",
+                     help="where --image is loaded and entered in real mode (default 0x7c00)")  # fmt: skip
+    run.add_argument("--serial", default="stdio", metavar="stdio|none|FILE",
+                     help="where COM1 output goes (default stdio; input comes from stdin with stdio)")  # fmt: skip
+    run.add_argument("--debugcon", default="stdio", metavar="stdio|none|FILE",
+                     help="where port 0xE9 output goes (default stdio)")  # fmt: skip
+    run.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="end the run after this long (status 124)"
+    )
+    run.add_argument(
+        "--no-reboot", action="store_true", help="exit instead of rebooting when the guest resets"
+    )
+    run.add_argument("-v", "--verbose", action="count", default=0, help="debug output on stderr (-vv: more)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
+    return p
+
+
+def _open_sink(spec: str, what: str):  # type: ignore[no-untyped-def]
+    if spec in ("stdio", "none"):
+        return None
+    try:
+        return open(spec, "wb", buffering=0)
+    except OSError as e:
+        raise EmuError(f"{what} {spec}: {e.strerror}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from emu import roms
+    from emu.console import StdioConsole
+    from emu.machine import Machine
+
+    bios = args.bios
+    if bios is None and args.image is None:
+        bios = roms.rom_path(roms.DEFAULT_GUEST)
+    cfg = MachineConfig(
+        backend=BackendName(args.backend), mem=args.mem, bios=bios, image=args.image,
+        load_addr=args.load_addr, timeout=args.timeout, no_reboot=args.no_reboot,
+    )  # fmt: skip
+    files = []
+    serial_file = _open_sink(args.serial, "--serial")
+    debug_file = _open_sink(args.debugcon, "--debugcon")
+    files += [f for f in (serial_file, debug_file) if f is not None]
+    machine: Machine | None = None
+    console: StdioConsole | None = None
+    try:
+        console = StdioConsole(on_quit=lambda: machine.request_quit() if machine else None)
+        serial_sinks = (
+            [serial_file.write] if serial_file else ([console.write] if args.serial == "stdio" else [])
+        )
+        debug_sinks = (
+            [debug_file.write] if debug_file else ([console.write] if args.debugcon == "stdio" else [])
+        )
+        machine = Machine(cfg, serial_sinks=serial_sinks, debugcon_sinks=debug_sinks)
+        if args.serial == "stdio":
+            console.start(machine.serial.feed)
+        try:
+            result = machine.run()
+        finally:
+            if args.serial == "stdio":
+                console.stop()
+    finally:
+        if machine is not None:
+            machine.close()
+        for f in files:
+            f.close()
+    if not args.quiet:
+        sys.stderr.write(f"emu: {result.reason} (exit status {result.status})\n")
+    return result.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return ExitStatus.USAGE
+    level = logging.WARNING - 10 * min(args.verbose, 1) if hasattr(args, "verbose") else logging.WARNING
+    logging.basicConfig(level=level, format="emu: %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return cmd_run(args)
+    except EmuError as e:
+        sys.stderr.write(f"emu: error: {e}\n")
+        return e.status
+    except KeyboardInterrupt:
+        return ExitStatus.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

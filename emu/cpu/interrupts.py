@@ -1,0 +1,392 @@
+"""Software delivery of interrupts and exceptions, as the CPU does it, over CpuState + memory.
+
+Unicorn never delivers an interrupt or exception through the IVT/IDT itself: emu does it here,
+for real mode (IVT), protected mode (16/32-bit interrupt and trap gates, privilege change
+through the TSS) and long mode (64-bit gates, IST, RSP0-2). A fault raised while delivering
+escalates as on hardware (contributory/page-fault classes → #DF; a fault delivering #DF →
+triple fault), and every step of the chain is recorded for fault reports.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+
+from emu.cpu import x86
+from emu.cpu.paging import PageFault, PagingRegs, translate
+from emu.cpu.state import CpuState, Mode, Segment
+from emu.errors import GuestMemoryError
+from emu.memory import GuestMemory
+
+VECTOR_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
+    19: "#XM", 20: "#VE", 21: "#CP",
+}  # fmt: skip
+CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
+
+
+def vector_name(v: int) -> str:
+    return VECTOR_NAMES.get(v, f"vector {v:#x}")
+
+
+class EventKind(Enum):
+    EXCEPTION = "exception"  # a fault or trap raised by the CPU
+    SOFTWARE_INT = "int n"  # int n: gate DPL is checked, no error code
+    SOFTWARE_EXC = "int3/into"  # like int n for the DPL check
+    EXTERNAL = "external interrupt"
+    NMI = "nmi"
+
+
+@dataclass
+class Event:
+    vector: int
+    kind: EventKind
+    error_code: int | None = None
+    cr2: int | None = None
+
+    @property
+    def external(self) -> int:
+        """The EXT bit of error codes raised while delivering this event."""
+        return 0 if self.kind in (EventKind.SOFTWARE_INT, EventKind.SOFTWARE_EXC) else 1
+
+    def describe(self) -> str:
+        s = vector_name(self.vector)
+        if self.kind is not EventKind.EXCEPTION:
+            s += f" ({self.kind.value})"
+        if self.error_code is not None:
+            s += f" error code {self.error_code:#x}"
+        if self.cr2 is not None:
+            s += f" CR2 {self.cr2:#x}"
+        return s
+
+
+class Fault(Exception):
+    """An exception raised while delivering another one."""
+
+    def __init__(self, vector: int, error_code: int | None, reason: str, cr2: int | None = None) -> None:
+        super().__init__(f"{vector_name(vector)}: {reason}")
+        self.vector = vector
+        self.error_code = error_code
+        self.reason = reason
+        self.cr2 = cr2
+
+
+class Unsupported(Exception):
+    """A delivery path emu does not implement (task gates, virtual-8086 mode)."""
+
+
+@dataclass
+class ChainLink:
+    """One event of a delivery chain and, if delivering it failed, why."""
+
+    event: Event
+    rip: int
+    cs: int
+    mode: str
+    failure: str | None = None
+
+
+@dataclass
+class TripleFault(Exception):
+    chain: list[ChainLink] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            " -> ".join(
+                link.event.describe() + (f" [delivery failed: {link.failure}]" if link.failure else "")
+                for link in self.chain
+            )
+            + " -> triple fault"
+        )
+
+
+class LinearMemory:
+    """Linear-address access for delivery: paging applied, faults raised as Fault(#PF)."""
+
+    def __init__(self, mem: GuestMemory, state: CpuState) -> None:
+        self.mem = mem
+        self.regs = PagingRegs(state.cr0, state.cr3, state.cr4, state.efer)
+
+    def _phys(self, linear: int, write: bool, user: bool) -> int:
+        try:
+            return translate(self.mem, self.regs, linear, write=write, user=user)
+        except PageFault as pf:
+            raise Fault(14, pf.error_code, pf.reason, cr2=linear) from None
+        except GuestMemoryError:
+            raise Fault(13, 0, f"page tables for {linear:#x} lie outside guest RAM") from None
+
+    def read(self, linear: int, size: int, *, user: bool = False) -> bytes:
+        out = bytearray()
+        while size:
+            chunk = min(size, 0x1000 - (linear & 0xFFF))
+            phys = self._phys(linear, False, user)
+            try:
+                out += self.mem.read(phys, chunk)
+            except GuestMemoryError:
+                out += b"\xff" * chunk  # reads outside RAM see all-ones, as on a PC bus
+            linear += chunk
+            size -= chunk
+        return bytes(out)
+
+    def write(self, linear: int, data: bytes, *, user: bool = False) -> None:
+        # Translate every page first so a fault leaves memory untouched.
+        pieces, pos = [], 0
+        while pos < len(data):
+            chunk = min(len(data) - pos, 0x1000 - ((linear + pos) & 0xFFF))
+            pieces.append((self._phys(linear + pos, True, user), data[pos : pos + chunk]))
+            pos += chunk
+        for phys, piece in pieces:
+            try:
+                self.mem.write(phys, piece)
+            except GuestMemoryError:
+                raise Fault(13, 0, f"stack at {phys:#x} lies outside guest RAM") from None
+
+    def u16(self, linear: int) -> int:
+        return struct.unpack("<H", self.read(linear, 2))[0]
+
+    def u32(self, linear: int) -> int:
+        return struct.unpack("<I", self.read(linear, 4))[0]
+
+    def u64(self, linear: int) -> int:
+        return struct.unpack("<Q", self.read(linear, 8))[0]
+
+
+# -- descriptor helpers -----------------------------------------------------------------------
+def load_descriptor(state: CpuState, lin: LinearMemory, selector: int, ext: int, vec: int = 13) -> int:
+    """Read the 8-byte descriptor a selector names (GDT or LDT), faulting as the CPU would."""
+    index = selector & ~7
+    err = (selector & 0xFFFC) | ext
+    if selector & 4:
+        table = state.ldt
+        if table.unusable or not table.present:
+            raise Fault(vec, err, f"selector {selector:#x} refers to the LDT but none is loaded")
+        base, limit = table.base, table.limit
+    else:
+        if index == 0:
+            raise Fault(vec, ext, "null selector")
+        base, limit = state.gdt.base, state.gdt.limit
+    if index + 7 > limit:
+        raise Fault(vec, err, f"selector {selector:#x} is beyond the descriptor table limit {limit:#x}")
+    return lin.u64(base + index)
+
+
+def _push_linear(state: CpuState, lin: LinearMemory, ss: Segment, sp: int, values: list[int],
+                 width: int, stack_bits: int, user: bool) -> int:  # fmt: skip
+    """Push values (first pushed first) onto ss:sp; returns the new sp. Atomic on a fault."""
+    data = b"".join(v.to_bytes(width, "little", signed=False) for v in reversed(values))
+    mask = (1 << stack_bits) - 1
+    new_sp = (sp - len(data)) & mask
+    if stack_bits < 64 and not ss.type & 4 and new_sp + len(data) - 1 > ss.limit:
+        raise Fault(12, 0, f"stack push at {new_sp:#x} is beyond the SS limit {ss.limit:#x}")
+    lin.write((ss.base + new_sp) & (0xFFFF_FFFF if stack_bits < 64 else mask), data, user=user)
+    return new_sp
+
+
+# -- the three delivery paths -----------------------------------------------------------------
+def _deliver_real(state: CpuState, lin: LinearMemory, ev: Event) -> None:
+    v = ev.vector
+    if v * 4 + 3 > state.idt.limit:
+        raise Fault(13, None, f"IVT entry {v:#x} is beyond the IDT limit {state.idt.limit:#x}")
+    entry = lin.u32(state.idt.base + v * 4)
+    flags = state.rflags & 0xFFFF
+    sp = _push_linear(state, lin, state.ss, state.rsp & 0xFFFF,
+                      [flags, state.cs.selector, state.rip & 0xFFFF], 2, 16, False)  # fmt: skip
+    state.rsp = (state.rsp & ~0xFFFF) | sp
+    state.rflags &= ~(x86.FLAG_IF | x86.FLAG_TF | x86.FLAG_AC | x86.FLAG_RF)
+    cs = entry >> 16
+    state.cs.selector, state.cs.base = cs, cs << 4
+    state.rip = entry & 0xFFFF
+
+
+def _gate_checks(state: CpuState, ev: Event, dpl: int, present: int, gate_ok: bool, gtype: int) -> int:
+    err = ev.vector * 8 + 2 + ev.external
+    if not gate_ok:
+        raise Fault(13, err, f"IDT entry {ev.vector:#x} is not an interrupt or trap gate (type {gtype:#x})")
+    if ev.kind in (EventKind.SOFTWARE_INT, EventKind.SOFTWARE_EXC) and dpl < state.cpl:
+        raise Fault(13, ev.vector * 8 + 2, f"gate DPL {dpl} < CPL {state.cpl} for a software interrupt")
+    if not present:
+        raise Fault(11, err, f"IDT entry {ev.vector:#x} is not present")
+    return err
+
+
+def _code_segment(state: CpuState, lin: LinearMemory, selector: int, ev: Event) -> Segment:
+    raw = load_descriptor(state, lin, selector, ev.external)
+    seg = Segment.from_descriptor(selector, raw)
+    err = (selector & 0xFFFC) | ev.external
+    if not seg.s or not seg.type & 8:
+        raise Fault(13, err, f"gate selector {selector:#x} is not a code segment")
+    if seg.dpl > state.cpl:
+        raise Fault(13, err, f"handler code segment DPL {seg.dpl} > CPL {state.cpl}")
+    if not seg.present:
+        raise Fault(11, err, f"handler code segment {selector:#x} is not present")
+    return seg
+
+
+def _error_code(ev: Event) -> list[int]:
+    if ev.kind is EventKind.EXCEPTION and ev.vector in x86.ERROR_CODE_VECTORS:
+        return [ev.error_code or 0]
+    return []
+
+
+def _deliver_protected(state: CpuState, lin: LinearMemory, ev: Event) -> None:
+    if state.rflags & x86.FLAG_VM:
+        raise Unsupported("interrupt delivery from virtual-8086 mode")
+    v = ev.vector
+    if v * 8 + 7 > state.idt.limit:
+        raise Fault(13, v * 8 + 2 + ev.external,
+                    f"IDT entry {v:#x} is beyond the IDT limit {state.idt.limit:#x}")  # fmt: skip
+    raw = lin.u64(state.idt.base + v * 8)
+    gtype, dpl, present = (raw >> 40) & 0xF, (raw >> 45) & 3, (raw >> 47) & 1
+    if gtype == x86.GATE_TASK and present:
+        raise Unsupported(f"IDT entry {v:#x} is a task gate (task switching is not emulated)")
+    gate_ok = not (raw >> 44) & 1 and gtype in (x86.GATE_INT16, x86.GATE_TRAP16, x86.GATE_INT32,
+                                                  x86.GATE_TRAP32)  # fmt: skip
+    _gate_checks(state, ev, dpl, present, gate_ok, gtype)
+    selector = (raw >> 16) & 0xFFFF
+    gate32 = gtype in (x86.GATE_INT32, x86.GATE_TRAP32)
+    offset = (raw & 0xFFFF) | ((((raw >> 48) & 0xFFFF) << 16) if gate32 else 0)
+    cs = _code_segment(state, lin, selector, ev)
+    width = 4 if gate32 else 2
+    cpl = state.cpl
+    conforming = bool(cs.type & 4)
+    new_cpl = cpl if conforming else cs.dpl
+    frame = [state.rflags & 0xFFFF_FFFF, state.cs.selector, state.rip & 0xFFFF_FFFF, *_error_code(ev)]
+    if new_cpl < cpl:
+        tr = state.tr
+        if tr.type in (x86.SEG_TYPE_TSS32_AVAIL, x86.SEG_TYPE_TSS_BUSY):
+            off = 4 + 8 * new_cpl
+            if off + 5 > tr.limit:
+                raise Fault(10, (tr.selector & 0xFFFC) | ev.external, "TSS too small for the ring stack")
+            new_sp, new_ss = lin.u32(tr.base + off), lin.u16(tr.base + off + 4)
+        else:
+            off = 2 + 4 * new_cpl
+            if off + 3 > tr.limit:
+                raise Fault(10, (tr.selector & 0xFFFC) | ev.external, "TSS too small for the ring stack")
+            new_sp, new_ss = lin.u16(tr.base + off), lin.u16(tr.base + off + 2)
+        ss_raw = load_descriptor(state, lin, new_ss, ev.external, vec=10)
+        ss = Segment.from_descriptor(new_ss, ss_raw)
+        bad = (new_ss & 3) != new_cpl or ss.dpl != new_cpl or not ss.s or ss.type & 8 or not ss.type & 2
+        if bad:
+            raise Fault(10, (new_ss & 0xFFFC) | ev.external, f"TSS ring-{new_cpl} SS {new_ss:#x} is invalid")
+        if not ss.present:
+            raise Fault(12, (new_ss & 0xFFFC) | ev.external, f"TSS ring-{new_cpl} SS is not present")
+        frame = [state.ss.selector, state.rsp & 0xFFFF_FFFF, *frame]
+        bits = 32 if ss.db else 16
+        sp = _push_linear(state, lin, ss, new_sp, frame, width, bits, False)
+        state.ss = ss
+    else:
+        bits = 32 if state.ss.db else 16
+        sp = _push_linear(state, lin, state.ss, state.rsp, frame, width, bits, new_cpl == 3)
+    mask = 0xFFFF_FFFF if bits == 32 else 0xFFFF
+    state.rsp = (state.rsp & ~mask) | sp
+    cs.selector = (selector & 0xFFFC) | new_cpl
+    state.cs = cs
+    state.rip = offset
+    state.rflags &= ~(x86.FLAG_TF | x86.FLAG_NT | x86.FLAG_RF | x86.FLAG_VM)
+    if gtype in (x86.GATE_INT16, x86.GATE_INT32):
+        state.rflags &= ~x86.FLAG_IF
+
+
+def _deliver_long(state: CpuState, lin: LinearMemory, ev: Event) -> None:
+    v = ev.vector
+    if v * 16 + 15 > state.idt.limit:
+        raise Fault(13, v * 8 + 2 + ev.external,
+                    f"IDT entry {v:#x} is beyond the IDT limit {state.idt.limit:#x}")  # fmt: skip
+    lo, hi = lin.u64(state.idt.base + v * 16), lin.u64(state.idt.base + v * 16 + 8)
+    gtype, dpl, present = (lo >> 40) & 0xF, (lo >> 45) & 3, (lo >> 47) & 1
+    gate_ok = not (lo >> 44) & 1 and gtype in (x86.GATE_INT32, x86.GATE_TRAP32)
+    _gate_checks(state, ev, dpl, present, gate_ok, gtype)
+    selector = (lo >> 16) & 0xFFFF
+    offset = (lo & 0xFFFF) | (((lo >> 48) & 0xFFFF) << 16) | ((hi & 0xFFFF_FFFF) << 32)
+    ist = (lo >> 32) & 7
+    cs = _code_segment(state, lin, selector, ev)
+    if not cs.l or cs.db:
+        raise Fault(
+            13, (selector & 0xFFFC) | ev.external, f"handler CS {selector:#x} is not a 64-bit segment"
+        )
+    cpl = state.cpl
+    new_cpl = cpl if cs.type & 4 else cs.dpl
+    tr = state.tr
+    frame = [state.ss.selector, state.rsp, state.rflags, state.cs.selector, state.rip, *_error_code(ev)]
+    if ist or new_cpl < cpl:
+        off = 0x24 + 8 * (ist - 1) if ist else 4 + 8 * new_cpl
+        if off + 7 > tr.limit:
+            raise Fault(10, (tr.selector & 0xFFFC) | ev.external,
+                        f"TSS limit {tr.limit:#x} does not hold {'IST' + str(ist) if ist else 'RSP'}")  # fmt: skip
+        rsp = lin.u64(tr.base + off)
+        if ist and rsp == 0:
+            # Not an architectural check: a zero IST pointer is the classic bug; the push faults.
+            pass
+    else:
+        rsp = state.rsp
+    if not x86.canonical(rsp):
+        raise Fault(12, ev.external, f"new RSP {rsp:#x} is not canonical")
+    rsp &= ~0xF
+    data = b"".join(x.to_bytes(8, "little") for x in reversed(frame))
+    rsp = (rsp - len(data)) & 0xFFFF_FFFF_FFFF_FFFF
+    try:
+        lin.write(rsp, data, user=new_cpl == 3)
+    except Fault as f:
+        if f.vector == 14:
+            raise
+        raise Fault(12, ev.external, f"stack push at {rsp:#x}: {f.reason}") from None
+    if new_cpl < cpl:
+        state.ss = Segment(selector=new_cpl, base=0, limit=0, type=0, s=0, dpl=new_cpl, present=0, unusable=1)
+    state.rsp = rsp
+    cs.selector = (selector & 0xFFFC) | new_cpl
+    state.cs = cs
+    state.rip = offset
+    state.rflags &= ~(x86.FLAG_TF | x86.FLAG_NT | x86.FLAG_RF | x86.FLAG_VM)
+    if gtype == x86.GATE_INT32:
+        state.rflags &= ~x86.FLAG_IF
+
+
+def deliver(state: CpuState, mem: GuestMemory, ev: Event) -> None:
+    """Deliver one event, mutating state (and the guest stack); raises Fault if delivery faults."""
+    lin = LinearMemory(mem, state)
+    if ev.vector == 14 and ev.cr2 is not None:
+        state.cr2 = ev.cr2
+    mode = state.mode
+    if mode is Mode.REAL:
+        _deliver_real(state, lin, ev)
+    elif mode in (Mode.LONG, Mode.COMPAT):
+        _deliver_long(state, lin, ev)
+    else:
+        _deliver_protected(state, lin, ev)
+
+
+def _escalates(first: Event, second: Fault) -> bool:
+    """Intel SDM table 6-5: which exception pairs become a double fault."""
+    if first.kind is not EventKind.EXCEPTION:
+        return False
+    if first.vector in CONTRIBUTORY:
+        return second.vector in CONTRIBUTORY
+    if first.vector == 14:
+        return second.vector in CONTRIBUTORY or second.vector == 14
+    return False
+
+
+def deliver_with_escalation(state: CpuState, mem: GuestMemory, ev: Event) -> list[ChainLink]:
+    """Deliver ev; a fault during delivery is delivered in turn (or as #DF, or is a triple fault).
+
+    Returns the chain of events delivered (last one succeeded). Raises TripleFault with the chain.
+    `state` is left at the point where the last successful delivery left it.
+    """
+    chain: list[ChainLink] = []
+    current = ev
+    while True:
+        link = ChainLink(current, state.rip, state.cs.selector, state.mode.value)
+        chain.append(link)
+        try:
+            deliver(state, mem, current)
+            return chain
+        except Fault as f:
+            link.failure = f.reason
+            if current.vector == 8 and current.kind is EventKind.EXCEPTION:
+                raise TripleFault(chain) from None
+            if _escalates(current, f):
+                current = Event(8, EventKind.EXCEPTION, 0)
+            else:
+                current = Event(f.vector, EventKind.EXCEPTION, f.error_code, f.cr2)

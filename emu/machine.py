@@ -1,0 +1,313 @@
+"""Machine: the only place that wires memory, bus, devices, boot and a CPU backend together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from emu import layout
+from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
+from emu.bus import Bus
+from emu.config import BackendName, MachineConfig
+from emu.cpu.state import CpuState
+from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
+from emu.devices.i8042 import I8042, SystemControlA
+from emu.devices.serial import Serial16550A
+from emu.errors import EmuError, ExitStatus, HostError
+from emu.firmware.boot import flat
+from emu.memory import GuestMemory
+
+log = logging.getLogger("emu.machine")
+
+Sink = Callable[[bytes], None]
+SERIAL_CAPTURE_LIMIT = 16 << 20  # bytes of serial output kept for RunResult (the tail)
+
+
+class Action(Enum):
+    """Why the machine asked the backend to stop."""
+
+    DEBUG_EXIT = "debug-exit"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    QUIT = "quit"
+
+
+@dataclass
+class RunResult:
+    status: int
+    reason: str
+    exit_kind: ExitKind | None = None
+    serial: bytes = b""
+    debugcon: bytes = b""
+    state: CpuState | None = None
+    exit: Exit | None = None
+    resets: int = 0
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class OutputTap:
+    """Keeps the tail of an output stream and forwards every byte to optional sinks."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self.buf = bytearray()
+        self.sinks = sinks or []
+
+    def __call__(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > SERIAL_CAPTURE_LIMIT:
+            del self.buf[: len(self.buf) - SERIAL_CAPTURE_LIMIT]
+        for sink in self.sinks:
+            sink(data)
+
+
+def make_backend(name: BackendName, memory: GuestMemory, bus: Bus) -> Backend:
+    if name is BackendName.KVM:
+        try:
+            from emu.backends.kvm import KvmBackend
+        except ImportError as e:
+            raise HostError(f"the KVM backend cannot load: {e}") from None
+        try:
+            return KvmBackend(memory, bus)
+        except BackendUnavailable as e:
+            raise HostError(str(e)) from None
+    from emu.backends.unicorn import UnicornBackend
+
+    return UnicornBackend(memory, bus)
+
+
+class Machine:
+    """A PC: RAM, port/MMIO bus, legacy devices, a boot source and one CPU backend."""
+
+    def __init__(
+        self,
+        cfg: MachineConfig,
+        serial_sinks: list[Sink] | None = None,
+        debugcon_sinks: list[Sink] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._boot_data, rom_size = self._read_boot_source(cfg)
+        self.memory = GuestMemory(cfg.mem, firmware_size=rom_size)
+        self.bus = Bus()
+        self.serial_out = OutputTap(serial_sinks)
+        self.debugcon_out = OutputTap(debugcon_sinks)
+        self._action: Action | None = None
+        self._exit_code = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.resets = 0
+        self.a20 = True
+        self._add_devices()
+        self.backend = make_backend(cfg.backend, self.memory, self.bus)
+        self._boot()
+
+    # -- construction -----------------------------------------------------------------------------
+    @staticmethod
+    def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, int]:
+        if (cfg.bios is None) == (cfg.image is None):
+            raise EmuError("give exactly one boot source: --bios FILE or --image FILE")
+        if cfg.bios is not None:
+            data = flat.read_image(cfg.bios, "firmware image")
+            return data, flat.firmware_rom_size(len(data))
+        assert cfg.image is not None
+        return flat.read_image(cfg.image, "image"), 0
+
+    def _add_devices(self) -> None:
+        self.serial = Serial16550A(
+            irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out
+        )
+        self.serial.register(self.bus)
+        self.i8042 = I8042(
+            on_reset=self.request_reset,
+            on_a20=self._set_a20,
+            irq1=lambda level: self.set_irq(layout.IRQ_I8042, level),
+        )
+        self.i8042.register(self.bus)
+        self.sysctl = SystemControlA(on_reset=self.request_reset, on_a20=self._set_a20)
+        self.sysctl.register(self.bus)
+        self.debug_exit = DebugExit(on_exit=self.request_debug_exit)
+        self.debug_exit.register(self.bus)
+        self.debugcon = DebugConsole(output=self.debugcon_out)
+        self.debugcon.register(self.bus)
+        self.post = PostCodes()
+        self.post.register(self.bus)
+        self.devices = [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
+
+    def _boot(self) -> None:
+        if self.cfg.bios is not None:
+            state = flat.load_firmware(self.memory, self._boot_data)
+        else:
+            state = flat.load_flat(self.memory, self._boot_data, self.cfg.load_addr)
+        self.backend.set_state(state)
+        self.backend.invalidate_code(0, self.memory.size)
+
+    def _reboot(self) -> None:
+        self.resets += 1
+        for r in self.memory.ram_regions:
+            r.view[:] = bytes(r.size)
+        for dev in self.devices:
+            dev.reset()
+        self.a20 = True
+        self._boot()
+
+    # -- requests from devices and other threads ----------------------------------------------
+    def set_irq(self, line: int, level: bool) -> None:
+        if self.backend.has_irqchip:
+            self.backend.set_irq(line, level)
+        self._wake.set()
+
+    def _set_a20(self, enabled: bool) -> None:
+        self.a20 = enabled  # recorded; address-bit-20 masking belongs to the firmware issue
+
+    def _request(self, action: Action) -> None:
+        with self._lock:
+            # The first reason to stop wins (a timeout must not hide a debug-exit already asked).
+            if self._action is None:
+                self._action = action
+        self._wake.set()
+        self.backend.request_stop()
+
+    def request_debug_exit(self, status: int) -> None:
+        self._exit_code = status
+        self._request(Action.DEBUG_EXIT)
+
+    def request_reset(self) -> None:
+        self._request(Action.RESET)
+
+    def request_quit(self) -> None:
+        self._request(Action.QUIT)
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run the guest to its end in a vCPU thread; this thread stays free for signals."""
+        box: list[RunResult] = []
+
+        def vcpu() -> None:
+            try:
+                box.append(self._run_loop())
+            except Exception as e:  # a bug in emu: report it, never hang
+                log.debug("internal error\n%s", traceback.format_exc())
+                box.append(self._result(ExitStatus.SOFTWARE, f"internal error: {type(e).__name__}: {e}"))
+
+        timer = None
+        if self.cfg.timeout is not None:
+            timer = threading.Timer(self.cfg.timeout, self._request, (Action.TIMEOUT,))
+            timer.daemon = True
+            timer.start()
+        thread = threading.Thread(target=vcpu, name="vcpu0", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.1)
+        except KeyboardInterrupt:
+            self.request_quit()
+            thread.join(5)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not box:
+            return self._result(ExitStatus.SOFTWARE, "the vCPU did not stop")
+        return box[0]
+
+    def _result(self, status: int, reason: str, exit_: Exit | None = None) -> RunResult:
+        try:
+            state = self.backend.get_state()
+        except Exception:
+            state = None
+        return RunResult(
+            status=int(status), reason=reason, exit_kind=exit_.kind if exit_ else None,
+            serial=bytes(self.serial_out.buf), debugcon=bytes(self.debugcon_out.buf),
+            state=state, exit=exit_, resets=self.resets,
+        )  # fmt: skip
+
+    def _take_action(self) -> Action | None:
+        with self._lock:
+            action, self._action = self._action, None
+        return action
+
+    def _run_loop(self) -> RunResult:
+        while True:
+            exit_ = self.backend.run()
+            action = self._take_action()
+            if action is not None:
+                result = self._handle_action(action, exit_)
+                if result is not None:
+                    return result
+                continue
+            kind = exit_.kind
+            if kind is ExitKind.INTERRUPTED:
+                continue
+            if kind is ExitKind.HALT:
+                if exit_.detail.get("for_good") or self.backend.is_halted_for_good():
+                    return self._result(ExitStatus.OK, "guest halted with interrupts disabled", exit_)
+                result = self._wait_for_interrupt()
+                if result is not None:
+                    return result
+                continue
+            if kind is ExitKind.SHUTDOWN:
+                return self._result(ExitStatus.TRIPLE_FAULT, f"triple fault: {exit_.message}", exit_)
+            if kind is ExitKind.RESET:
+                self._reboot()
+                continue
+            if kind is ExitKind.POWEROFF:
+                return self._result(ExitStatus.OK, "guest powered off", exit_)
+            if kind is ExitKind.ERROR:
+                return self._result(ExitStatus.SOFTWARE, exit_.message, exit_)
+            if kind is ExitKind.DEBUG:
+                continue
+
+    def _handle_action(self, action: Action, exit_: Exit) -> RunResult | None:
+        if action is Action.DEBUG_EXIT:
+            return self._result(
+                self._exit_code, f"guest wrote to the debug-exit port (status {self._exit_code})", exit_
+            )
+        if action is Action.TIMEOUT:
+            return self._result(
+                ExitStatus.TIMEOUT, f"timeout: the guest ran for {self.cfg.timeout:g} s", exit_
+            )
+        if action is Action.QUIT:
+            return self._result(ExitStatus.OK, "quit by the user", exit_)
+        if action is Action.RESET:
+            if self.cfg.no_reboot:
+                return self._result(ExitStatus.OK, "guest requested a reset (--no-reboot)", exit_)
+            log.info("guest requested a reset: rebooting")
+            self._reboot()
+        return None
+
+    def _wait_for_interrupt(self) -> RunResult | None:
+        """hlt with interrupts enabled: sleep until a device raises a line or we must stop."""
+        while True:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            action = self._take_action()
+            if action is not None:
+                return self._handle_action(action, Exit(ExitKind.HALT))
+            if not self.backend.is_halted_for_good() and self._interrupt_deliverable():
+                return None
+
+    def _interrupt_deliverable(self) -> bool:
+        # Software interrupt controllers arrive with the direct-boot issue; until then only an
+        # in-kernel irqchip can wake a halted CPU, and it does so inside the backend.
+        return self.backend.has_irqchip
+
+    def close(self) -> None:
+        self.backend.close()
+        self.memory.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_machine(cfg: MachineConfig, **kwargs: object) -> RunResult:
+    """Build, run and tear down a machine (convenience for tests and scripts)."""
+    m = Machine(cfg, **kwargs)  # type: ignore[arg-type]
+    try:
+        return m.run()
+    finally:
+        m.close()
