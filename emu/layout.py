@@ -48,3 +48,4 @@ PORT_I8042_CMD = 0x64
 PORT_SYSCTL_A = 0x92
 IRQ_COM1 = 4
 IRQ_I8042 = 1
+IRQ_I8042_AUX = 12  # PS/2 mouse channel (no mouse is emulated)

@@ -43,6 +43,13 @@ class RamRegion:
             pass  # a slice is still referenced somewhere; the mapping goes when it does
 
 
+def format_size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
+
+
 def parse_size(text: str) -> int:
     """Parse a size like 512M, 2G, 65536, 64K (binary units, as QEMU's -m)."""
     units = {"K": layout.KiB, "M": layout.MiB, "G": layout.GiB, "T": 1 << 40}
@@ -70,12 +77,12 @@ class GuestMemory:
     def __init__(self, size: int, firmware_size: int = 0) -> None:
         if size < layout.MIN_MEMORY:
             raise EmuError(
-                f"--mem {size} bytes is too little: emu needs at least {layout.MIN_MEMORY // layout.MiB} MiB"
+                f"--mem {format_size(size)} is too little: emu needs at least {format_size(layout.MIN_MEMORY)}"
             )
         if size > layout.MAX_MEMORY:
-            raise EmuError(f"--mem {size} bytes is more than emu supports ({layout.MAX_MEMORY >> 30} GiB)")
+            raise EmuError(f"--mem {format_size(size)} is more than emu supports ({format_size(layout.MAX_MEMORY)})")
         if size % 4096:
-            raise EmuError(f"--mem {size} is not a multiple of 4 KiB")
+            raise EmuError(f"--mem {format_size(size)} is not a multiple of 4 KiB")
         self.size = size
         self.regions: list[RamRegion] = []
         low = min(size, layout.MMIO_HOLE_START)

@@ -137,6 +137,11 @@ ffi.cdef(
         uint64_t dr7;
     };
 
+    /* KVM_GET_XSAVE2 may return more than these 4 KiB (size from KVM_CAP_XSAVE2). */
+    struct kvm_xsave {
+        uint32_t region[1024];
+    };
+
     struct kvm_signal_mask {
         uint32_t len;
         uint8_t sigset[];
@@ -173,7 +178,6 @@ ffi.cdef(
                 uint8_t is_write;
             } mmio;
             struct { uint32_t suberror; uint32_t ndata; uint64_t data[16]; } internal;
-            struct { uint32_t type; uint32_t ndata; uint64_t data[16]; } system_event;
             char padding[256];
         };
         uint64_t kvm_valid_regs;
@@ -247,6 +251,9 @@ KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
 KVM_SET_GUEST_DEBUG = _iow(0x9B, "struct kvm_guest_debug")
 KVM_GET_DEBUGREGS = _ior(0xA1, "struct kvm_debugregs")
 KVM_SET_DEBUGREGS = _iow(0xA2, "struct kvm_debugregs")
+KVM_GET_XSAVE = _ior(0xA4, "struct kvm_xsave")
+KVM_SET_XSAVE = _iow(0xA5, "struct kvm_xsave")
+KVM_GET_XSAVE2 = _ior(0xCF, "struct kvm_xsave")
 
 # -- capabilities (KVM_CHECK_EXTENSION) ---------------------------------------------------------
 KVM_CAP_IRQCHIP = 0
@@ -260,9 +267,11 @@ KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_PIT2 = 33
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the supported KVM_GUESTDBG_* mask
+KVM_CAP_XSAVE2 = 208  # returns the size of the XSAVE buffer (on the VM fd)
 
 # -- exit reasons (kvm_run.exit_reason) ---------------------------------------------------------
 KVM_EXIT_UNKNOWN = 0

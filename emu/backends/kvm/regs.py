@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from emu.cpu.state import GPR_NAMES, CpuState, DescriptorTable, FpuState, Segment
@@ -74,6 +75,7 @@ def state_to_sregs(state: CpuState, sregs: CData) -> None:
 
 
 def fpu_to_state(fpu: CData) -> FpuState:
+    """From kvm_fpu (the fallback for hosts without XSAVE; see KvmBackend._get_fpu)."""
     return FpuState(
         fcw=int(fpu.fcw), fsw=int(fpu.fsw), ftw=int(fpu.ftwx), fop=int(fpu.last_opcode),
         fip=int(fpu.last_ip), fdp=int(fpu.last_dp),
@@ -97,6 +99,44 @@ def state_to_fpu(f: FpuState, fpu: CData) -> None:
             raise ValueError(f"XMM{i} must be 16 bytes, not {len(xmm)}")
         fpu.xmm[i] = list(xmm)
     fpu.mxcsr, fpu.pad2 = f.mxcsr, 0
+
+
+# The FXSAVE image that opens every XSAVE buffer, and the XSAVE header right after it.
+_FXSAVE_HEAD = struct.Struct("<HHBxHQQI")  # fcw, fsw, abridged ftw, fop, fip, fdp, mxcsr
+_FXSAVE_ST = 32  # ST(0..7), 16 bytes apart
+_FXSAVE_XMM = 160  # XMM0..15, 16 bytes each
+_XSTATE_BV = struct.Struct("<Q")
+_XSAVE_HEADER = 512
+XFEATURE_X87_SSE = 0b11
+
+
+def xsave_to_fpu(buf: memoryview) -> FpuState:
+    """Read x87/SSE state from a KVM_GET_XSAVE buffer (KVM fills in init values where unused)."""
+    fcw, fsw, ftw, fop, fip, fdp, mxcsr = _FXSAVE_HEAD.unpack_from(buf, 0)
+    st = [bytes(buf[_FXSAVE_ST + 16 * i : _FXSAVE_ST + 16 * i + 10]) for i in range(8)]
+    xmm = [bytes(buf[_FXSAVE_XMM + 16 * i : _FXSAVE_XMM + 16 * i + 16]) for i in range(16)]
+    return FpuState(fcw=fcw, fsw=fsw, ftw=ftw, fop=fop, fip=fip, fdp=fdp, st=st, xmm=xmm, mxcsr=mxcsr)
+
+
+def fpu_to_xsave(f: FpuState, buf: memoryview) -> None:
+    """Write x87/SSE state into a buffer read with KVM_GET_XSAVE (other components are kept).
+
+    Both components are marked in use in XSTATE_BV: otherwise the CPU's XRSTOR would load
+    their init values instead of these.
+    """
+    if len(f.st) != 8 or len(f.xmm) != 16:
+        raise ValueError("FpuState needs 8 x87 registers and 16 XMM registers")
+    _FXSAVE_HEAD.pack_into(buf, 0, f.fcw, f.fsw, f.ftw, f.fop, f.fip, f.fdp, f.mxcsr)
+    for i, st in enumerate(f.st):
+        if len(st) != 10:
+            raise ValueError(f"ST({i}) must be 10 bytes (an 80-bit register), not {len(st)}")
+        buf[_FXSAVE_ST + 16 * i : _FXSAVE_ST + 16 * i + 16] = st + bytes(6)
+    for i, xmm in enumerate(f.xmm):
+        if len(xmm) != 16:
+            raise ValueError(f"XMM{i} must be 16 bytes, not {len(xmm)}")
+        buf[_FXSAVE_XMM + 16 * i : _FXSAVE_XMM + 16 * i + 16] = xmm
+    (bv,) = _XSTATE_BV.unpack_from(buf, _XSAVE_HEADER)
+    _XSTATE_BV.pack_into(buf, _XSAVE_HEADER, bv | XFEATURE_X87_SSE)
 
 
 def debugregs_to_state(dr: CData, state: CpuState) -> None:

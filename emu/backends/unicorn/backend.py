@@ -92,11 +92,17 @@ class UnicornBackend(Backend):
     def _mmio_write(self, uc: unicorn.Uc, offset: int, size: int, value: int, base: int) -> None:
         self.bus.mmio_write(base + offset, size, value)
 
+    # A stop requested from inside an I/O hook (debug-exit, reset) only lands at the end of the
+    # current translation block; the instructions after the `out` in that block still run, but
+    # their port I/O is dropped so nothing they do reaches a device.
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
+        if self._stop_requested:
+            return (1 << (8 * size)) - 1
         return self.bus.pio_read(port, size)
 
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
-        self.bus.pio_write(port, size, value)
+        if not self._stop_requested:
+            self.bus.pio_write(port, size, value)
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
         raw = R.RawContext.save(uc)

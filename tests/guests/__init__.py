@@ -1,0 +1,1 @@
+"""Guest programs and host-side helpers shared by the tests that boot whole machines."""
