@@ -21,11 +21,11 @@ from unicorn import x86_const as X
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emu.backends.base import BackendUnavailable  # noqa: E402
-from emu.config import BackendName, MachineConfig  # noqa: E402
-from emu.errors import HostError  # noqa: E402
-from emu.machine import Machine  # noqa: E402
-from emu.tools.asm import assemble  # noqa: E402
+from emu.backends.base import BackendUnavailable
+from emu.config import BackendName, MachineConfig
+from emu.errors import HostError
+from emu.machine import Machine
+from emu.tools.asm import assemble
 
 LOOP_BODY = """
     mov rcx, {n}

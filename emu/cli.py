@@ -76,12 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where COM1 output goes (default stdio; input comes from stdin with stdio)")  # fmt: skip
     run.add_argument("--debugcon", default="stdio", metavar="stdio|none|FILE",
                      help="where port 0xE9 output goes (default stdio)")  # fmt: skip
-    run.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="end the run after this long (status 124)"
-    )
-    run.add_argument(
-        "--no-reboot", action="store_true", help="exit instead of rebooting when the guest resets"
-    )
+    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="end the run after this long (status 124)")
+    run.add_argument("--no-reboot", action="store_true", help="exit instead of rebooting when the guest resets")
     run.add_argument("-v", "--verbose", action="count", default=0, help="debug output on stderr (-vv: more)")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
     return p
@@ -116,12 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console: StdioConsole | None = None
     try:
         console = StdioConsole(on_quit=lambda: machine.request_quit() if machine else None)
-        serial_sinks = (
-            [serial_file.write] if serial_file else ([console.write] if args.serial == "stdio" else [])
-        )
-        debug_sinks = (
-            [debug_file.write] if debug_file else ([console.write] if args.debugcon == "stdio" else [])
-        )
+        serial_sinks = [serial_file.write] if serial_file else ([console.write] if args.serial == "stdio" else [])
+        debug_sinks = [debug_file.write] if debug_file else ([console.write] if args.debugcon == "stdio" else [])
         machine = Machine(cfg, serial_sinks=serial_sinks, debugcon_sinks=debug_sinks)
         if args.serial == "stdio":
             console.start(machine.serial.feed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -36,11 +37,9 @@ class StdioConsole:
     def write(self, data: bytes) -> None:
         if self.is_tty:
             data = data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
-        with self._lock:
-            try:
-                os.write(self.out_fd, data)
-            except OSError:
-                pass  # stdout closed (e.g. a pipe reader went away): the guest keeps running
+        # stdout may be closed (a pipe reader went away): the guest keeps running regardless.
+        with self._lock, contextlib.suppress(OSError):
+            os.write(self.out_fd, data)
 
     def start(self, feed: Callable[[bytes], None]) -> None:
         self._feed = feed

@@ -116,9 +116,7 @@ class Machine:
         return flat.read_image(cfg.image, "image"), 0
 
     def _add_devices(self) -> None:
-        self.serial = Serial16550A(
-            irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out
-        )
+        self.serial = Serial16550A(irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out)
         self.serial.register(self.bus)
         self.i8042 = I8042(
             on_reset=self.request_reset,
@@ -265,9 +263,7 @@ class Machine:
                 self._exit_code, f"guest wrote to the debug-exit port (status {self._exit_code})", exit_
             )
         if action is Action.TIMEOUT:
-            return self._result(
-                ExitStatus.TIMEOUT, f"timeout: the guest ran for {self.cfg.timeout:g} s", exit_
-            )
+            return self._result(ExitStatus.TIMEOUT, f"timeout: the guest ran for {self.cfg.timeout:g} s", exit_)
         if action is Action.QUIT:
             return self._result(ExitStatus.OK, "quit by the user", exit_)
         if action is Action.RESET:

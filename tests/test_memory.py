@@ -56,7 +56,9 @@ def test_bad_sizes_are_user_errors(size: int) -> None:
         GuestMemory(size)
 
 
-@pytest.mark.parametrize(("text", "value"), [("64M", 64 << 20), ("2G", 2 << 30), ("512k", 512 << 10), ("0x100000", 1 << 20)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("64M", 64 << 20), ("2G", 2 << 30), ("512k", 512 << 10), ("0x100000", 1 << 20)]
+)
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 

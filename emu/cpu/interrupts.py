@@ -303,9 +303,7 @@ def _deliver_long(state: CpuState, lin: LinearMemory, ev: Event) -> None:
     ist = (lo >> 32) & 7
     cs = _code_segment(state, lin, selector, ev)
     if not cs.l or cs.db:
-        raise Fault(
-            13, (selector & 0xFFFC) | ev.external, f"handler CS {selector:#x} is not a 64-bit segment"
-        )
+        raise Fault(13, (selector & 0xFFFC) | ev.external, f"handler CS {selector:#x} is not a 64-bit segment")
     cpl = state.cpl
     new_cpl = cpl if cs.type & 4 else cs.dpl
     tr = state.tr

@@ -124,9 +124,7 @@ def walk(mem: PhysReader, regs: PagingRegs, linear: int) -> Walk:
     return w
 
 
-def translate(
-    mem: PhysReader, regs: PagingRegs, linear: int, *, write: bool = False, user: bool = False
-) -> int:
+def translate(mem: PhysReader, regs: PagingRegs, linear: int, *, write: bool = False, user: bool = False) -> int:
     """Translate for an access, raising PageFault with the architectural error code."""
     w = walk(mem, regs, linear)
     err = (PF_W if write else 0) | (PF_U if user else 0)

@@ -137,9 +137,7 @@ class RawContext:
         flags = seg_to_qemu_flags(s)
         if s.unusable:
             flags &= ~(1 << 15)  # QEMU has no "unusable": a null segment is simply not present
-        _SEG.pack_into(
-            self.buf, CONTEXT_HEADER + off, s.selector & 0xFFFF, s.base, s.limit & 0xFFFF_FFFF, flags
-        )
+        _SEG.pack_into(self.buf, CONTEXT_HEADER + off, s.selector & 0xFFFF, s.base, s.limit & 0xFFFF_FFFF, flags)
 
     @staticmethod
     def _seg_off(name: str) -> int:
