@@ -166,7 +166,7 @@ class Machine:
             if self._action is None:
                 self._action = action
         self._wake.set()
-        self.backend.request_stop()
+        self.backend.request_final_stop()
 
     def request_debug_exit(self, status: int) -> None:
         self._exit_code = status

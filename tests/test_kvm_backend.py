@@ -630,32 +630,38 @@ def test_request_stop_before_run_is_not_lost(vm: Vm) -> None:
 
 
 def test_stop_and_halt_detection_without_our_signal_handler() -> None:
-    """A backend created outside the main thread cannot install a SIGUSR1 handler: still works."""
+    """A backend created outside the main thread cannot install a SIGUSR1 handler: still works,
+    also when run() moves to another thread (which may reuse the first one's thread id)."""
     script = textwrap.dedent(f"""
-        import signal, threading, time
-        from emu.backends.base import ExitKind
+        import signal, threading
         from emu.backends.kvm import KvmBackend
         from emu.bus import Bus
         from emu.cpu.state import CpuState, Segment
         from emu.memory import GuestMemory
 
-        def main():
+        box = {{}}
+        state = CpuState(); state.cs = Segment.real(0, code=True); state.rip = {GUEST}
+
+        def first():
             memory = GuestMemory(4 << 20)
-            cpu = KvmBackend(memory, Bus())
+            cpu = box["cpu"] = KvmBackend(memory, Bus())
             memory.write({GUEST}, bytes([0xEB, 0xFE, 0xFA, 0xF4]))  # jmp $; cli; hlt
-            s = CpuState(); s.cs = Segment.real(0, code=True); s.rip = {GUEST}
-            cpu.set_state(s)
+            cpu.set_state(state)
             threading.Timer(0.2, cpu.request_stop).start()
             print(cpu._kick_mode.value, cpu.run().kind.value)
-            s.rip = {GUEST + 2}
-            cpu.set_state(s)
+
+        def second():
+            cpu = box["cpu"]
+            state.rip = {GUEST + 2}
+            cpu.set_state(state)
             print(cpu.run().detail)
             cpu.close()
 
         assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
-        t = threading.Thread(target=main)
-        t.start()
-        t.join(10)
+        for target in (first, second):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join(10)
     """)
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)

@@ -57,6 +57,10 @@ class Backend(abc.ABC):
     def request_stop(self) -> None:
         """Make a run() in progress (in any thread) return INTERRUPTED soon. Thread-safe."""
 
+    def request_final_stop(self) -> None:
+        """Like request_stop, for a run that ends or reboots: no further guest effect matters."""
+        self.request_stop()
+
     @abc.abstractmethod
     def get_state(self) -> CpuState: ...
 

@@ -95,7 +95,7 @@ class _Kicker:
     """
 
     def __init__(self, kick: Callable[[], None], interval: float) -> None:
-        self._kick = weakref.WeakMethod(kick)  # type: ignore[arg-type]
+        self._kick = weakref.WeakMethod(kick)
         self._interval = interval
         self._cond = threading.Condition()
         self._active = False
@@ -106,8 +106,10 @@ class _Kicker:
 
     def set_active(self, active: bool) -> None:
         with self._cond:
-            if active and not self._active:
-                self._deadline = time.monotonic() + self._interval
+            now = time.monotonic()
+            # Keep a running deadline: frequent short run() calls must not postpone the kick.
+            if active and not self._active and self._deadline <= now:
+                self._deadline = now + self._interval
             self._active = active
             self._cond.notify()
 
@@ -179,7 +181,7 @@ class KvmBackend(Backend):
         self._stop_requested = False
         self._kicked = False
         self._vcpu_tid: int | None = None  # thread inside run(), for pthread_kill
-        self._masked_threads: set[int] = set()
+        self._thread_local = threading.local()  # .masked: SIGUSR1 blocked in this thread (masked mode)
         self._readonly: list[tuple[int, int]] = []  # ROM ranges: guest writes there are dropped
         self._bad_msrs: set[int] = set()
         self._guest_debug_flags = 0
@@ -315,9 +317,10 @@ class KvmBackend(Backend):
     def run(self) -> Exit:
         self._check_open()
         tid = threading.get_ident()
-        if self._kick_mode is KickMode.MASKED and tid not in self._masked_threads:
+        # (Per thread object, not per ident: a later thread may reuse the ident of an exited one.)
+        if self._kick_mode is KickMode.MASKED and not getattr(self._thread_local, "masked", False):
             self._mask_kick_signal()
-            self._masked_threads.add(tid)
+            self._thread_local.masked = True
         if self._h.kicker is None:
             self._h.kicker = _Kicker(self._kick, KICK_INTERVAL)
         kicker = self._h.kicker
@@ -345,30 +348,29 @@ class KvmBackend(Backend):
                 reason = api.KVM_EXIT_INTR
             else:
                 reason = run.exit_reason
-            if reason == api.KVM_EXIT_IO:
-                self._guarded(self._do_io)
-            elif reason == api.KVM_EXIT_MMIO:
-                self._guarded(self._do_mmio)
-            elif reason == api.KVM_EXIT_INTR:
+            try:
+                if reason == api.KVM_EXIT_IO:
+                    self._do_io()
+                    continue
+                if reason == api.KVM_EXIT_MMIO:
+                    self._do_mmio()
+                    continue
+            except BaseException:
+                self._complete_pending_io()
+                raise  # a Bus callback failed: the machine decides what happens next
+            if reason == api.KVM_EXIT_INTR:
                 ex = self._on_interrupted()
                 if ex is not None:
                     return ex
-            else:
-                return self._exit_for(reason)
-
-    def _guarded(self, handler: Callable[[], None]) -> None:
-        """Run an I/O handler; if a Bus callback raises, finish the guest instruction first.
-
-        KVM completes an exit's instruction only on the next KVM_RUN, so without this the
-        machine, which may look at the CPU state after the exception, would see it half done.
-        """
-        try:
-            handler()
-        except BaseException:
-            self._complete_pending_io()
-            raise
+                continue
+            return self._exit_for(reason)
 
     def _complete_pending_io(self) -> None:
+        """Finish the guest instruction behind an I/O exit whose Bus callback raised.
+
+        KVM completes an exit's instruction only on the next KVM_RUN; without this the
+        machine, which may look at the CPU state after the exception, would see it half done.
+        """
         run = self._run_ptr
         if run.exit_reason == api.KVM_EXIT_IO and run.io.direction == api.KVM_EXIT_IO_IN:
             n = run.io.size * run.io.count
@@ -508,9 +510,8 @@ class KvmBackend(Backend):
         bits = 0
         for sig in old - {KICK_SIGNAL}:
             bits |= 1 << (int(sig) - 1)
-        mask = ffi.new("struct kvm_signal_mask *", {"len": api.KERNEL_SIGSET_BYTES,
-                                                     "sigset": api.KERNEL_SIGSET_BYTES})  # fmt: skip
-        mask.sigset[0 : api.KERNEL_SIGSET_BYTES] = list(bits.to_bytes(api.KERNEL_SIGSET_BYTES, "little"))
+        size = api.KERNEL_SIGSET_BYTES
+        mask = ffi.new("struct kvm_signal_mask *", {"len": size, "sigset": list(bits.to_bytes(size, "little"))})
         ioctl(self._vcpu_fd, api.KVM_SET_SIGNAL_MASK, mask, name="KVM_SET_SIGNAL_MASK")
 
     # -- halt -----------------------------------------------------------------------------------

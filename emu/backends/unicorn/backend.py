@@ -51,6 +51,7 @@ class UnicornBackend(Backend):
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         R.self_test(self.uc)
         self._stop_requested = False
+        self._discard_io = False
         self._in_emu = False
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
@@ -92,16 +93,16 @@ class UnicornBackend(Backend):
     def _mmio_write(self, uc: unicorn.Uc, offset: int, size: int, value: int, base: int) -> None:
         self.bus.mmio_write(base + offset, size, value)
 
-    # A stop requested from inside an I/O hook (debug-exit, reset) only lands at the end of the
-    # current translation block; the instructions after the `out` in that block still run, but
-    # their port I/O is dropped so nothing they do reaches a device.
+    # A stop requested from inside an I/O hook only lands at the end of the current translation
+    # block: the instructions after the `out` in that block still run. For a final stop
+    # (debug-exit, reset) their port I/O is dropped so nothing they do reaches a device.
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
-        if self._stop_requested:
+        if self._discard_io:
             return (1 << (8 * size)) - 1
         return self.bus.pio_read(port, size)
 
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
-        if not self._stop_requested:
+        if not self._discard_io:
             self.bus.pio_write(port, size, value)
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
@@ -165,6 +166,7 @@ class UnicornBackend(Backend):
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> Exit:
         self._vcpu_thread = threading.get_ident()
+        self._discard_io = False
         self._in_emu = True
         try:
             if self._stop_requested:
@@ -218,6 +220,10 @@ class UnicornBackend(Backend):
         while self._in_emu and self._stop_requested and time.monotonic() < deadline:
             self.uc.emu_stop()
             time.sleep(0.001)
+
+    def request_final_stop(self) -> None:
+        self._discard_io = True
+        self.request_stop()
 
     def set_intr(self, pending: bool) -> None:
         self._intr_pending = pending
