@@ -35,47 +35,13 @@ LOOP_BODY = """
     jnz .loop
 """
 INSNS_PER_ITER = 3
+GUESTS = Path(__file__).resolve().parents[1] / "tests" / "guests"
 
-# Real mode -> long mode (identity-mapped 2 MiB pages at 0x10000), then the measured part.
+# Real mode -> long mode (tests/guests/enter_long.inc), then the measured part.
 GUEST = """
-bits 16
+%include "enter_long.inc"
 org 0x8000
-    cli
-    xor ax, ax
-    mov ds, ax
-    lgdt [gdtr]
-    mov eax, cr0
-    or eax, 1
-    mov cr0, eax
-    jmp 0x08:pm
-bits 32
-pm:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov edi, 0x10000
-    xor eax, eax
-    mov ecx, 0x3000 / 4
-    rep stosd
-    mov dword [0x10000], 0x11003
-    mov dword [0x11000], 0x12003
-    mov dword [0x12000], 0x83
-    mov eax, 0x10000
-    mov cr3, eax
-    mov eax, cr4
-    or eax, 1 << 5
-    mov cr4, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 1 << 8
-    wrmsr
-    mov eax, cr0
-    or eax, 1 << 31
-    mov cr0, eax
-    jmp 0x18:lm
-bits 64
-lm:
+    ENTER_LONG_MODE 0x10000
     mov dx, 0x3F8
     mov al, 'S'
     out dx, al
@@ -85,10 +51,7 @@ lm:
     out dx, al
     cli
     hlt
-align 8
-gdt: dq 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00AF9B000000FFFF
-gdtr: dw 31
-      dd gdt
+    GDT_TABLE
 """
 
 OUT_BODY = """
@@ -116,7 +79,7 @@ class Marks:
 
 def run_emu(body: str, backend: BackendName, tmp: Path) -> float:
     image = tmp / f"bench-{abs(hash(body))}.bin"
-    image.write_bytes(assemble(GUEST.format(body=body), name="bench"))
+    image.write_bytes(assemble(GUEST.format(body=body), name="bench", include_dirs=(GUESTS,)))
     marks = Marks()
     m = Machine(MachineConfig(backend=backend, mem=32 << 20, image=image, load_addr=0x8000, timeout=600),
                 serial_sinks=[marks])  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
@@ -24,47 +25,9 @@ COUNTER = 0x600
 # word) after the stop. (This host's nested KVM emulates ring-0 x87 instructions and cannot run
 # fld/fstp, so x87 registers are moved by the host and compared through the state API.)
 GUEST = """
-bits 16
+%include "enter_long.inc"
 org 0x8000
-    cli
-    xor ax, ax
-    mov ds, ax
-    lgdt [gdtr]
-    mov eax, cr0
-    or eax, 1
-    mov cr0, eax
-    jmp 0x08:pm
-bits 32
-pm:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x7000
-    mov edi, 0x1000
-    xor eax, eax
-    mov ecx, 0x3000 / 4
-    rep stosd
-    mov dword [0x1000], 0x2003
-    mov dword [0x2000], 0x3003
-    mov dword [0x3000], 0x83
-    mov eax, 0x1000
-    mov cr3, eax
-    mov eax, cr4
-    or eax, (1 << 5) | (1 << 9)        ; PAE, OSFXSR (SSE)
-    mov cr4, eax
-    mov ecx, 0xC0000080
-    rdmsr
-    or eax, 1 << 8
-    wrmsr
-    mov eax, cr0
-    and eax, ~((1 << 2) | (3 << 29))   ; no x87 emulation; caches on (CD, NW clear) as firmware leaves them
-    or eax, (1 << 31) | (1 << 1)
-    mov cr0, eax
-    jmp 0x18:lm
-bits 64
-lm:
-    mov rsp, 0x7000
+    ENTER_LONG_MODE 0x1000
 %ifdef MIGRATE
     mov rax, 0x1122334455667788
     mov [0x710], rax
@@ -109,10 +72,7 @@ hex64:                                 ; print rdi as 16 hex digits and a newlin
     inc qword [COUNTER]
     jmp .count
 %endif
-align 8
-gdt: dq 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00AF9B000000FFFF
-gdtr: dw 31
-      dd gdt
+    GDT_TABLE
 """
 
 
@@ -144,7 +104,8 @@ class Serial:
 
 def _image(migrate: bool) -> bytes:
     src = ("%define MIGRATE\n" if migrate else "") + f"%define COUNTER {COUNTER}\n" + GUEST
-    return assemble(src, name="contract-migrate" if migrate else "contract-count")
+    name = "contract-migrate" if migrate else "contract-count"
+    return assemble(src, name=name, include_dirs=(Path(__file__).parent / "guests",))
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

@@ -138,3 +138,33 @@ done:
     p = emu_run("--image", str(img), "--timeout", "20", stdin="hello.")
     assert p.returncode == 0, p.stderr
     assert p.stdout == "HELLO"
+
+
+RESET_GUEST = """
+bits 16
+org 0x7c00
+    mov dx, 0x3f8
+    mov al, 'B'
+    out dx, al
+    mov al, 0xfe            ; i8042: pulse the CPU reset line
+    out 0x64, al
+    jmp $
+"""
+
+
+@pytest.mark.parametrize("backend", ["unicorn", "kvm"])
+def test_guest_reset(tmp_path: Path, backend: str) -> None:
+    from guests.backends import require
+
+    from emu.config import BackendName
+
+    require(BackendName(backend))
+    img = tmp_path / "reset.img"
+    img.write_bytes(assemble(RESET_GUEST, name="reset"))
+    p = emu_run("--backend", backend, "--image", str(img), "--no-reboot")
+    assert p.returncode == 0 and "reset" in p.stderr
+    assert p.stdout == "B"
+    # Without --no-reboot the machine reboots (RAM reloaded, CPU reset) and the guest runs again.
+    p = emu_run("--backend", backend, "--image", str(img), "--timeout", "3")
+    assert p.returncode == ExitStatus.TIMEOUT
+    assert p.stdout.count("B") >= 3, p.stdout
