@@ -88,6 +88,20 @@ EXPECTED: dict[str, Expect] = {
         "pm32: cs=0008 ds=0010 cr0.pe=1 [0x200000]=cafebabe\n"
         "real mode again: cs=0000 cr0.pe=0\n"
     ),
+    "long_exceptions": Expect(
+        "long_exceptions: setting up\n"
+        "#UD rip=000081ad cs=0018 rsp=00006fd8\n"  # same privilege: RSP aligned down to 16
+        "back from #UD\n"
+        "#GP err=0000 cs=0018 rsp=00005fd0 ss=0010\n"  # IST1 even without a privilege change
+        "back from #GP\n"
+        "#PF err=0000 cr2=40000123\n"
+        "back from #PF\n"
+        "#UD rip=00008242 cs=002b rsp=000067d8\n"  # CPL3 -> CPL0 on TSS.RSP0
+        "#GP err=0000 cs=002b rsp=00005fd0 ss=0023\n"  # CPL3 -> CPL0 on IST1
+        "r14=1235\n"
+        "long_exceptions: done\n",
+        mode=Mode.LONG,
+    ),
     "long_mode": Expect(
         "long_mode: building page tables\n"
         "long mode: efer=00000500\n"
@@ -200,7 +214,10 @@ def compared_fields(s: CpuState) -> dict[str, int]:
     fields["rip"] = s.rip
     fields["rflags"] = s.rflags
     for seg_name, seg in s.segments().items():
-        for f in SEGMENT_FIELDS:
+        # A null (not present) segment's hidden cache is architecturally undefined: only its
+        # selector and presence are compared.
+        names = SEGMENT_FIELDS if seg.present else ("selector", "present")
+        for f in names:
             fields[f"{seg_name}.{f}"] = getattr(seg, f)
     for reg in ("cr0", "cr3", "cr4", "efer"):
         fields[reg] = getattr(s, reg)
@@ -209,7 +226,9 @@ def compared_fields(s: CpuState) -> dict[str, int]:
 
 def state_diff(a: CpuState, b: CpuState, a_name: str, b_name: str) -> list[str]:
     fa, fb = compared_fields(a), compared_fields(b)
-    return [f"  {k:<14} {a_name}={fa[k]:#x}  {b_name}={fb[k]:#x}" for k in fa if fa[k] != fb[k]]
+    keys = list(fa) + [k for k in fb if k not in fa]
+    show = lambda d, k: f"{d[k]:#x}" if k in d else "-"  # noqa: E731
+    return [f"  {k:<14} {a_name}={show(fa, k)}  {b_name}={show(fb, k)}" for k in keys if fa.get(k) != fb.get(k)]
 
 
 # -- tests ------------------------------------------------------------------------------------------
