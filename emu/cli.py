@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitStatus.USAGE
-    level = logging.WARNING - 10 * min(args.verbose, 1) if hasattr(args, "verbose") else logging.WARNING
+    level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="emu: %(name)s: %(message)s", stream=sys.stderr)
     try:
         return cmd_run(args)

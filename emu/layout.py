@@ -31,6 +31,9 @@ KVM_IDENTITY_MAP_ADDR = 0xFEFF_C000
 KVM_TSS_ADDR = 0xFEFF_D000
 KVM_PRIVATE_END = 0xFF00_0000
 
+# Physical address space a backend maps (RAM plus an all-ones MMIO catch-all); beyond it, faults.
+PHYS_ADDR_LIMIT = 1 << 36
+
 IOAPIC_BASE = 0xFEC0_0000
 LAPIC_BASE = 0xFEE0_0000
 

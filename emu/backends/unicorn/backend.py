@@ -15,6 +15,7 @@ from collections import deque
 import unicorn
 from unicorn import x86_const as X
 
+from emu import layout
 from emu.backends.base import Backend, Exit, ExitKind
 from emu.backends.unicorn import rawstate as R
 from emu.bus import Bus
@@ -38,8 +39,6 @@ _RAW_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 _FP_REGS = [getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)]
 _XMM_REGS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # a linear address code never reaches: run until stopped
-# Physical address space emu maps (RAM + all-ones MMIO catch-all); beyond it Unicorn faults.
-_PHYS_LIMIT = 1 << 36
 
 
 class UnicornBackend(Backend):
@@ -70,10 +69,10 @@ class UnicornBackend(Backend):
             if not r.readonly:
                 perms |= unicorn.UC_PROT_WRITE
             self.uc.mem_map_ptr(r.gpa, r.size, perms, r.host_address)
-        # Everything else below _PHYS_LIMIT is the bus: devices or all-ones.
+        # Everything else below layout.PHYS_ADDR_LIMIT is the bus: devices or all-ones.
         pos = 0
         for r in [*regions, None]:
-            start = r.gpa if r is not None else _PHYS_LIMIT
+            start = r.gpa if r is not None else layout.PHYS_ADDR_LIMIT
             if start > pos:
                 self.uc.mmio_map(pos, start - pos, self._mmio_read, pos, self._mmio_write, pos)
             if r is not None:
@@ -135,16 +134,19 @@ class UnicornBackend(Backend):
 
     def _deliver(self, raw: R.RawContext, ev: Event) -> None:
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)  # Unicorn bug #1883: a stale value fakes a #DF later
-        state = self._state_from_raw(raw, self.uc.reg_read(X.UC_X86_REG_RFLAGS))
-        before = state.copy()
+        rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+        state = self._state_from_raw(raw, rflags)
         try:
             chain = deliver_with_escalation(state, self.memory, ev)
         except TripleFault as tf:
             raw.restore(self.uc)
+            # `raw` is still the state at the fault: re-read it rather than copy on every delivery.
+            before = self._state_from_raw(raw, rflags)
             self._stop_with(Exit(ExitKind.SHUTDOWN, str(tf), {"chain": tf.chain, "state": before}))
             return
         except Unsupported as u:
             raw.restore(self.uc)
+            before = self._state_from_raw(raw, rflags)
             self._stop_with(Exit(ExitKind.ERROR, f"cannot deliver {ev.describe()}: {u}", {"state": before}))
             return
         self.recent_events.append(chain)
@@ -313,9 +315,9 @@ class UnicornBackend(Backend):
         for r, b in zip(_XMM_REGS, f.xmm, strict=True):
             uc.reg_write(r, int.from_bytes(b, "little"))
         uc.reg_write(X.UC_X86_REG_MXCSR, f.mxcsr)
-        # Control registers and mode changed behind QEMU's back: drop stale translations.
+        # Control registers changed behind QEMU's back: drop stale address translations. Translated
+        # blocks need no flush: QEMU finds them by physical page and by the (recomputed) hflags.
         uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
-        uc.ctl_flush_tb()
 
     def close(self) -> None:
         # Unicorn frees the engine when the object is collected; drop our references.
