@@ -52,3 +52,9 @@ PORT_SYSCTL_A = 0x92
 IRQ_COM1 = 4
 IRQ_I8042 = 1
 IRQ_I8042_AUX = 12  # PS/2 mouse channel (no mouse is emulated)
+
+# -- Direct kernel boot (emu/firmware/boot/, emu/firmware/tables/) -------------------------------
+
+# -- BIOS (roms/bios.asm, emu/firmware/bios/) ----------------------------------------------------
+
+# -- Interrupt controllers and timers (emu/devices/pic.py, pit.py, cmos.py) ----------------------
