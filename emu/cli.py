@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from emu import __version__
-from emu.config import BackendName, MachineConfig
+from emu.config import BackendName, BootKind, DiskSpec, MachineConfig
 from emu.errors import EmuError, ExitStatus
 from emu.memory import parse_size
 
@@ -53,6 +53,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _disk(text: str) -> DiskSpec:
+    """PATH[,ro][,floppy]"""
+    path, *opts = text.split(",")
+    if not path:
+        raise argparse.ArgumentTypeError(f"no file name in {text!r}")
+    spec = DiskSpec(Path(path))
+    for opt in opts:
+        if opt in ("ro", "readonly"):
+            spec.readonly = True
+        elif opt in ("floppy", "if=floppy"):
+            spec.floppy = True
+        else:
+            raise argparse.ArgumentTypeError(f"unknown disk option {opt!r} in {text!r} (known: ro, floppy)")
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="emu", description="A full-system x86 PC emulator for debugging early boot.")
     p.add_argument("--version", action="version", version=f"emu {__version__}")
@@ -70,8 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     boot = run.add_mutually_exclusive_group()
     boot.add_argument("--bios", type=Path, metavar="FILE", help="firmware image started at the reset vector")
     boot.add_argument("--image", type=Path, metavar="FILE", help="flat real-mode image loaded at --load-addr")
+    boot.add_argument("--kernel", type=Path, metavar="FILE",
+                      help="boot a kernel directly: vmlinux ELF, bzImage, PVH ELF or multiboot")  # fmt: skip
     run.add_argument("--load-addr", type=_int, default=0x7C00, metavar="ADDR",
                      help="where --image is loaded and entered in real mode (default 0x7c00)")  # fmt: skip
+    run.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk for --kernel")
+    run.add_argument("--cmdline", "--append", "-append", default="", metavar="TEXT",
+                     help="kernel command line for --kernel")  # fmt: skip
+    run.add_argument("--boot", choices=[k.value for k in BootKind], default="auto",
+                     help="how --kernel is entered (default: detected from the file)")  # fmt: skip
+    run.add_argument("--module", type=Path, action="append", default=[], metavar="FILE",
+                     help="extra multiboot module (repeatable; the initrd is the first module)")  # fmt: skip
+    run.add_argument("--disk", type=_disk, action="append", default=[], metavar="PATH[,ro][,floppy]",
+                     help="BIOS disk image: first hard disk is 0x80, a floppy 0x00 (repeatable)")  # fmt: skip
+    run.add_argument("--snapshot", action="store_true",
+                     help="write disk changes to a temporary overlay; the image files stay untouched")  # fmt: skip
     run.add_argument("--serial", default="stdio", metavar="stdio|none|FILE",
                      help="where COM1 output goes (default stdio; input comes from stdin with stdio)")  # fmt: skip
     run.add_argument("--debugcon", default="stdio", metavar="stdio|none|FILE",
@@ -98,11 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emu.machine import Machine
 
     bios = args.bios
-    if bios is None and args.image is None:
+    if bios is None and args.image is None and args.kernel is None and not args.disk:
         bios = roms.rom_path(roms.DEFAULT_GUEST)
+    if args.kernel is None and (args.initrd or args.cmdline or args.module or args.boot != "auto"):
+        raise EmuError("--initrd, --cmdline, --module and --boot only apply with --kernel")
     cfg = MachineConfig(
         backend=BackendName(args.backend), mem=args.mem, bios=bios, image=args.image,
         load_addr=args.load_addr, timeout=args.timeout, no_reboot=args.no_reboot,
+        kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
+        modules=args.module, disks=args.disk, snapshot=args.snapshot,
     )  # fmt: skip
     files = []
     serial_file = _open_sink(args.serial, "--serial")

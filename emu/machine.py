@@ -107,8 +107,12 @@ class Machine:
     # -- construction -----------------------------------------------------------------------------
     @staticmethod
     def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, int]:
-        if (cfg.bios is None) == (cfg.image is None):
-            raise EmuError("give exactly one boot source: --bios FILE or --image FILE")
+        if sum(x is not None for x in (cfg.bios, cfg.image, cfg.kernel)) != 1:
+            raise EmuError("give exactly one boot source: --bios FILE, --image FILE or --kernel FILE")
+        if cfg.kernel is not None:
+            if cfg.disks:
+                raise EmuError("--disk with --kernel needs virtio-blk, which emu does not have yet")
+            return b"", 0
         if cfg.bios is not None:
             data = flat.read_image(cfg.bios, "firmware image")
             return data, flat.firmware_rom_size(len(data))
@@ -135,7 +139,11 @@ class Machine:
         self.devices = [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
 
     def _boot(self) -> None:
-        if self.cfg.bios is not None:
+        if self.cfg.kernel is not None:
+            from emu.firmware.boot.kernel import load_kernel
+
+            state = load_kernel(self.memory, self.cfg)
+        elif self.cfg.bios is not None:
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
             state = flat.load_flat(self.memory, self._boot_data, self.cfg.load_addr)
