@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,38 +52,103 @@ class Timer:
 
 
 class TimerQueue:
-    """Deadlines in clock time; callbacks get the clock time at which they run."""
+    """Deadlines in clock time; callbacks get the clock time at which they run.
+
+    Timers are added and run on the vCPU thread; another thread (the machine's timer thread)
+    may ask for the next deadline, hence the lock.
+    """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._heap: list[Timer] = []
         self._seq = itertools.count()
-        #: Called (from whatever thread added the timer) when the earliest deadline moved earlier.
+        self._lock = threading.Lock()
+        #: Called when the earliest deadline moved earlier (outside the lock).
         self.on_change: Callable[[], None] | None = None
 
     def add(self, deadline_ns: int, callback: Callable[[int], None]) -> Timer:
         t = Timer(deadline_ns, next(self._seq), callback)
-        earlier = not self._heap or deadline_ns < self._heap[0].deadline_ns
-        heapq.heappush(self._heap, t)
+        with self._lock:
+            earlier = not self._heap or deadline_ns < self._heap[0].deadline_ns
+            heapq.heappush(self._heap, t)
         if earlier and self.on_change is not None:
             self.on_change()
         return t
 
     def next_deadline(self) -> int | None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0].deadline_ns if self._heap else None
+        with self._lock:
+            while self._heap and self._heap[0].cancelled:
+                heapq.heappop(self._heap)
+            return self._heap[0].deadline_ns if self._heap else None
 
     def run_due(self) -> int:
         """Run every timer whose deadline has passed; returns how many ran."""
         ran = 0
         now = self.clock.now_ns()
-        while self._heap and self._heap[0].deadline_ns <= now:
-            t = heapq.heappop(self._heap)
+        while True:
+            with self._lock:
+                if not self._heap or self._heap[0].deadline_ns > now:
+                    return ran
+                t = heapq.heappop(self._heap)
             if not t.cancelled:
-                t.callback(now)
+                t.callback(now)  # may add timers: outside the lock
                 ran += 1
-        return ran
 
     def clear(self) -> None:
-        self._heap.clear()
+        with self._lock:
+            self._heap.clear()
+
+
+class TimerThread:
+    """Kicks the vCPU when the earliest deadline passes; the vCPU thread then runs what is due.
+
+    Devices stay single-threaded: this thread only reads the next deadline and calls `kick`.
+    """
+
+    def __init__(self, timers: TimerQueue, kick: Callable[[], None]) -> None:
+        self._timers = timers
+        self._kick = kick
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._kicked_for: int | None = None
+        self._thread: threading.Thread | None = None
+        timers.on_change = self.notify
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="timers", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(2)
+            self._thread = None
+
+    def notify(self) -> None:
+        """The deadlines changed (a timer was added or the vCPU ran the due ones)."""
+        with self._cv:
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        clock = self._timers.clock
+        while True:
+            with self._cv:
+                if self._stopped:
+                    return
+                deadline = self._timers.next_deadline()
+                if deadline is None:
+                    self._cv.wait()
+                    continue
+                delay = deadline - clock.now_ns()
+                if delay > 0:
+                    self._cv.wait(delay / 1e9)
+                    continue
+                if deadline == self._kicked_for:
+                    # Already kicked for it: wait for the vCPU to run it (it notifies us).
+                    self._cv.wait(0.005)
+                    continue
+                self._kicked_for = deadline
+            self._kick()

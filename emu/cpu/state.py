@@ -55,6 +55,18 @@ class Segment:
         return cls(selector=selector & 0xFFFF, base=(selector & 0xFFFF) << 4, type=t)
 
     @classmethod
+    def flat_code(cls, selector: int, *, long: bool, dpl: int = 0) -> Segment:
+        """A flat 4 GiB code segment as SYSCALL/SYSENTER load it (64-bit when `long`)."""
+        return cls(selector=selector, base=0, limit=0xFFFF_FFFF, type=x86.SEG_TYPE_CODE_RX_ACCESSED,
+                   dpl=dpl, l=int(long), db=int(not long), g=1)  # fmt: skip
+
+    @classmethod
+    def flat_data(cls, selector: int, *, dpl: int = 0) -> Segment:
+        """A flat 4 GiB writable data/stack segment (B=1), as SYSCALL/SYSENTER load SS."""
+        return cls(selector=selector, base=0, limit=0xFFFF_FFFF, type=x86.SEG_TYPE_DATA_RW_ACCESSED,
+                   dpl=dpl, db=1, g=1)  # fmt: skip
+
+    @classmethod
     def from_descriptor(cls, selector: int, raw: int) -> Segment:
         d = x86.decode_descriptor(raw)
         return cls(

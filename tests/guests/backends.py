@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,11 @@ def require(backend: BackendName) -> None:
 
 #: pytest parameters for "every backend"; tests call require() to skip the unavailable ones.
 BACKEND_PARAMS = [pytest.param(b, id=b.value) for b in (BackendName.UNICORN, BackendName.KVM)]
+
+
+def kvm_is_pvm() -> bool:
+    """This host's KVM is PVM (kvm_pvm): a software-assisted KVM that runs guest ring 0 in host
+    ring 3. Some guest-visible behaviour differs from hardware KVM there (see docs/architecture.md,
+    "Host KVM quirks"): a ring-3 `int n` raises #UD, and SYSCALL arrives with PVM's own selectors
+    and flags."""
+    return Path("/sys/module/kvm_pvm").exists()

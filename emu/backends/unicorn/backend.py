@@ -7,10 +7,12 @@ exception itself: its hooks hand them to emu/cpu/interrupts.py.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import unicorn
 from unicorn import x86_const as X
@@ -19,7 +21,7 @@ from emu import layout
 from emu.backends.base import Backend, Exit, ExitKind
 from emu.backends.unicorn import rawstate as R
 from emu.bus import Bus
-from emu.cpu import x86
+from emu.cpu import cpuid, x86
 from emu.cpu.interrupts import (
     ChainLink,
     Event,
@@ -28,7 +30,7 @@ from emu.cpu.interrupts import (
     Unsupported,
     deliver_with_escalation,
 )
-from emu.cpu.state import CpuState, FpuState
+from emu.cpu.state import CpuState, FpuState, Segment
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.unicorn")
@@ -39,6 +41,29 @@ _RAW_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 _FP_REGS = [getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)]
 _XMM_REGS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # a linear address code never reaches: run until stopped
+# While an interrupt waits for IF=1 (or the end of an interrupt shadow), the run is stopped this
+# often to look again: Unicorn has no hook on sti/popf/iret.
+INTR_WINDOW_POLL_S = 0.001
+# SYSCALL, SYSENTER: Unicorn calls the hook and then adds the instruction length to RIP.
+_SYSCALL_LEN = 2
+
+
+@functools.cache
+def host_tsc_khz() -> int:
+    """The frequency of the TSC that Unicorn's rdtsc returns (the host's), measured once."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x0f\x31")  # rdtsc
+
+    def sample() -> tuple[int, int]:
+        t = time.monotonic_ns()
+        uc.emu_start(0x1000, 0x1002)
+        return t, uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX)
+
+    t0, c0 = sample()
+    time.sleep(0.02)
+    t1, c1 = sample()
+    return max(1, round((c1 - c0) * 1_000_000 / (t1 - t0)))
 
 
 class UnicornBackend(Backend):
@@ -55,6 +80,13 @@ class UnicornBackend(Backend):
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
         self._intr_pending = False
+        #: INTA cycle of the software interrupt controller: returns the vector to deliver.
+        self.intr_ack: Callable[[], int] | None = None
+        self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
+        self._window_thread: threading.Thread | None = None
+        self._closed = False
+        self.tsc_khz = host_tsc_khz()
+        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
         #: The recent delivered events (for fault reports): (chain, state before delivery).
         self.recent_events: deque[list[ChainLink]] = deque(maxlen=16)
         self._map_memory()
@@ -82,6 +114,9 @@ class UnicornBackend(Backend):
         uc = self.uc
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
 
@@ -116,6 +151,63 @@ class UnicornBackend(Backend):
             ev = Event(intno, EventKind.EXCEPTION, err, raw.cr(2) if intno == 14 else None)
         self._deliver(raw, ev)
 
+    def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> bool:
+        leaf = uc.reg_read(X.UC_X86_REG_EAX)
+        sub = uc.reg_read(X.UC_X86_REG_ECX)
+        # Nothing in the table is dynamic: OSXSAVE would mirror CR4, but the model has no XSAVE.
+        a, b, c, d = cpuid.unicorn_lookup(self._cpuid, leaf, sub)
+        uc.reg_write(X.UC_X86_REG_RAX, a)
+        uc.reg_write(X.UC_X86_REG_RBX, b)
+        uc.reg_write(X.UC_X86_REG_RCX, c)
+        uc.reg_write(X.UC_X86_REG_RDX, d)
+        return True  # skip Unicorn's own CPUID
+
+    def _on_syscall(self, uc: unicorn.Uc, _ud: object) -> None:
+        """SYSCALL (SDM vol. 2B): Unicorn only calls this hook, the semantics are emu's."""
+        raw = R.RawContext.save(uc)
+        rip = raw.u64(R.OFF_EIP)  # the syscall instruction itself
+        efer = raw.u64(R.OFF_EFER)
+        cs = raw.segment("cs")
+        if not (efer & x86.Efer.SCE and efer & x86.Efer.LMA and cs.l):
+            # Intel CPUs (the model's vendor) raise #UD outside 64-bit mode too.
+            self._deliver(raw, Event(6, EventKind.EXCEPTION), rip_bias=_SYSCALL_LEN)
+            return
+        star = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.STAR)
+        lstar = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.LSTAR)
+        fmask = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.SFMASK)
+        rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
+        sel = (star >> 32) & 0xFFFC
+        raw.set_u64(R.OFF_REGS + 8 * 1, rip + _SYSCALL_LEN)  # RCX
+        raw.set_u64(R.OFF_REGS + 8 * 11, rflags & ~x86.FLAG_RF)  # R11
+        raw.set_segment("cs", Segment.flat_code(sel, long=True))
+        raw.set_segment("ss", Segment.flat_data(sel + 8))
+        new_flags = rflags & ~fmask & ~x86.FLAG_RF | 2
+        self._finish_fast_call(raw, lstar, new_flags)
+
+    def _on_sysenter(self, uc: unicorn.Uc, _ud: object) -> None:
+        """SYSENTER (SDM vol. 2B), for 32-bit code; Unicorn treats it like SYSCALL (hook only)."""
+        raw = R.RawContext.save(uc)
+        cs_sel = uc.reg_read(X.UC_X86_REG_MSR, 0x174) & 0xFFFC
+        if not raw.cr(0) & x86.Cr0.PE or cs_sel == 0:
+            self._deliver(raw, Event(13, EventKind.EXCEPTION, 0), rip_bias=_SYSCALL_LEN)
+            return
+        esp = uc.reg_read(X.UC_X86_REG_MSR, 0x175)
+        eip = uc.reg_read(X.UC_X86_REG_MSR, 0x176)
+        long_mode = bool(raw.u64(R.OFF_EFER) & x86.Efer.LMA)
+        if not long_mode:
+            esp, eip = esp & 0xFFFF_FFFF, eip & 0xFFFF_FFFF
+        raw.set_segment("cs", Segment.flat_code(cs_sel, long=long_mode))
+        raw.set_segment("ss", Segment.flat_data(cs_sel + 8))
+        raw.set_u64(R.OFF_REGS + 8 * 4, esp)
+        rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
+        self._finish_fast_call(raw, eip, rflags & ~(x86.FLAG_IF | x86.FLAG_RF | x86.FLAG_VM) | 2)
+
+    def _finish_fast_call(self, raw: R.RawContext, target: int, rflags: int) -> None:
+        raw.set_u64(R.OFF_EIP, (target - _SYSCALL_LEN) & 0xFFFF_FFFF_FFFF_FFFF)
+        raw.recompute_hflags(rflags)
+        raw.restore(self.uc)
+        self.uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
+
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
         self._deliver(R.RawContext.save(uc), Event(6, EventKind.EXCEPTION))
         return True
@@ -132,7 +224,9 @@ class UnicornBackend(Backend):
             return rip
         return (raw.segment("cs").base + rip) & 0xFFFF_FFFF
 
-    def _deliver(self, raw: R.RawContext, ev: Event) -> None:
+    def _deliver(self, raw: R.RawContext, ev: Event, rip_bias: int = 0) -> bool:
+        """Deliver `ev` in Python. `rip_bias`: what Unicorn adds to RIP after the hook returns
+        (SYSCALL/SYSENTER hooks). False when delivery ended the run (triple fault, error)."""
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)  # Unicorn bug #1883: a stale value fakes a #DF later
         rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
         state = self._state_from_raw(raw, rflags)
@@ -143,23 +237,25 @@ class UnicornBackend(Backend):
             # `raw` is still the state at the fault: re-read it rather than copy on every delivery.
             before = self._state_from_raw(raw, rflags)
             self._stop_with(Exit(ExitKind.SHUTDOWN, str(tf), {"chain": tf.chain, "state": before}))
-            return
+            return False
         except Unsupported as u:
             raw.restore(self.uc)
             before = self._state_from_raw(raw, rflags)
             self._stop_with(Exit(ExitKind.ERROR, f"cannot deliver {ev.describe()}: {u}", {"state": before}))
-            return
+            return False
         self.recent_events.append(chain)
         # Delivery changes CS, SS, RSP, RIP, RFLAGS (and CR2): write them back.
         raw.set_segment("cs", state.cs)
         raw.set_segment("ss", state.ss)
         raw.set_u64(R.OFF_REGS + 8 * 4, state.rsp)
-        raw.set_u64(R.OFF_EIP, state.rip)
+        raw.set_u64(R.OFF_EIP, (state.rip - rip_bias) & 0xFFFF_FFFF_FFFF_FFFF)
         raw.set_cr(2, state.cr2)
         raw.recompute_hflags(state.rflags)
         raw.restore(self.uc)
         self.uc.reg_write(X.UC_X86_REG_RFLAGS, state.rflags)
-        self.uc.reg_write(X.UC_X86_REG_RIP, state.rip)
+        if not rip_bias:
+            self.uc.reg_write(X.UC_X86_REG_RIP, state.rip)
+        return True
 
     def _stop_with(self, exit_: Exit) -> None:
         self._pending = exit_
@@ -169,6 +265,11 @@ class UnicornBackend(Backend):
     def run(self) -> Exit:
         self._vcpu_thread = threading.get_ident()
         self._discard_io = False
+        if self._intr_pending and self.intr_ack is not None:
+            self._inject_external()
+        if self._pending is not None:
+            exit_, self._pending = self._pending, None
+            return exit_
         self._in_emu = True
         try:
             if self._stop_requested:
@@ -189,6 +290,33 @@ class UnicornBackend(Backend):
             self._stop_requested = False
             return Exit(ExitKind.INTERRUPTED)
         return self._classify_return()
+
+    def _inject_external(self) -> None:
+        """Take the pending external interrupt if the guest accepts one now; otherwise make the
+        run stop again soon to retry (the window poll)."""
+        rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+        raw = R.RawContext.save(self.uc)
+        if not rflags & x86.FLAG_IF or raw.u32(R.OFF_HFLAGS) & R.HF_INHIBIT_IRQ:
+            self._arm_window_poll()
+            return
+        self._window.clear()
+        assert self.intr_ack is not None
+        vector = self.intr_ack()  # the INTA cycle: the controller moves the line to in-service
+        self._deliver(raw, Event(vector, EventKind.EXTERNAL))
+
+    def _arm_window_poll(self) -> None:
+        self._window.set()
+        if self._window_thread is None:
+            self._window_thread = threading.Thread(target=self._window_poll, name="unicorn-intr-window", daemon=True)
+            self._window_thread.start()
+
+    def _window_poll(self) -> None:
+        while not self._closed:
+            self._window.wait(0.5)
+            if self._window.is_set() and self._in_emu:
+                time.sleep(INTR_WINDOW_POLL_S)
+                if self._window.is_set() and self._in_emu:
+                    self.request_stop()
 
     def _classify_return(self) -> Exit:
         """emu_start returned on its own: hlt (RIP is just past it) or an engine quirk."""
@@ -228,7 +356,17 @@ class UnicornBackend(Backend):
         self.request_stop()
 
     def set_intr(self, pending: bool) -> None:
+        """INTR from the software PIC (any thread). A new interrupt stops the run so that the
+        run loop can deliver it."""
         self._intr_pending = pending
+        if not pending:
+            self._window.clear()
+        elif self._in_emu:
+            self.request_stop()
+
+    def interrupt_ready(self) -> bool:
+        """An interrupt is pending and the guest accepts it (IF=1)."""
+        return self._intr_pending and bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF)
 
     def step(self) -> Exit:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
@@ -242,12 +380,19 @@ class UnicornBackend(Backend):
         return Exit(ExitKind.DEBUG, "step")
 
     def invalidate_code(self, paddr: int, size: int) -> None:
-        # Unicorn's cache is indexed by virtual address; code written from Python may be mapped
-        # anywhere, so drop everything (rare: firmware loads, not per-instruction).
-        self.uc.ctl_flush_tb()
+        # Unicorn invalidates by virtual address. With paging off that is the physical address
+        # (BIOS disk reads: cheap, per range); with paging on the page may be mapped anywhere,
+        # so everything goes (about 6 ms; host writes under paging are rare).
+        if size <= 0:
+            return
+        if self.uc.reg_read(X.UC_X86_REG_CR0) & x86.Cr0.PG:
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(paddr, paddr + size)
 
     def is_halted_for_good(self) -> bool:
-        return not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF and not self._intr_pending
+        # hlt with IF=0: only NMI or reset can wake it, and no device here raises NMI.
+        return not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF
 
     # -- state ------------------------------------------------------------------------------------
     def _state_from_raw(self, raw: R.RawContext, rflags: int) -> CpuState:
@@ -321,6 +466,8 @@ class UnicornBackend(Backend):
 
     def close(self) -> None:
         # Unicorn frees the engine when the object is collected; drop our references.
+        self._closed = True
+        self._window.set()
         self.recent_events.clear()
 
 
