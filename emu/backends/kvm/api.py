@@ -119,6 +119,10 @@ ffi.cdef(
         uint32_t mp_state;
     };
 
+    struct kvm_lapic_state {
+        char regs[1024];
+    };
+
     struct kvm_guest_debug_arch {
         uint64_t debugreg[8];
     };
@@ -245,6 +249,8 @@ KVM_SET_MSRS = _iow(0x89, "struct kvm_msrs")
 KVM_SET_SIGNAL_MASK = _iow(0x8B, "struct kvm_signal_mask")
 KVM_GET_FPU = _ior(0x8C, "struct kvm_fpu")
 KVM_SET_FPU = _iow(0x8D, "struct kvm_fpu")
+KVM_GET_LAPIC = _ior(0x8E, "struct kvm_lapic_state")
+KVM_SET_LAPIC = _iow(0x8F, "struct kvm_lapic_state")
 KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
 KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")

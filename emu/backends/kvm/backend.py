@@ -38,6 +38,7 @@ from emu.backends.kvm import regs as conv
 from emu.backends.kvm.api import KvmError, ffi, ioctl, libc
 from emu.bus import Bus
 from emu.cpu import x86
+from emu.cpu.cpuid import CpuidEntry, shape_kvm
 from emu.cpu.state import CpuState, FpuState
 from emu.memory import GuestMemory
 
@@ -167,6 +168,20 @@ class _Handles:
         self.fds.clear()
 
 
+# Local APIC registers (SDM vol. 3A, 11.5.1) and the MSRs set at creation.
+LAPIC_LVT_LINT0 = 0x350
+LAPIC_LVT_LINT1 = 0x360
+LVT_DELIVERY_MASK = 0x700
+LVT_DELIVERY_EXTINT = 0x700
+LVT_DELIVERY_NMI = 0x400
+MSR_IA32_MISC_ENABLE = 0x1A0
+MSR_MTRR_DEF_TYPE = 0x2FF
+BOOT_MSRS = {
+    MSR_IA32_MISC_ENABLE: 1,  # fast-string operations enabled
+    MSR_MTRR_DEF_TYPE: (1 << 11) | 6,  # MTRRs enabled, default type write-back
+}
+
+
 class KvmBackend(Backend):
     name = "kvm"
     has_irqchip = True
@@ -201,6 +216,8 @@ class KvmBackend(Backend):
             self._create_vm()
             self._create_vcpu()
             self._setup_cpuid()
+            self._setup_lapic()
+            self._setup_msrs()
         except KvmError as e:
             raise BackendUnavailable(f"KVM could not set up the virtual machine ({e}): use --backend unicorn") from e
 
@@ -294,7 +311,7 @@ class KvmBackend(Backend):
         self._run_view = h.run_view
 
     def _setup_cpuid(self) -> None:
-        """Give the vCPU the CPUID KVM supports on this host (unshaped for now)."""
+        """The emu CPU model (emu/cpu/cpuid.py) cut to what KVM supports on this host."""
         n = api.KVM_MAX_CPUID_ENTRIES
         while True:
             cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
@@ -306,8 +323,36 @@ class KvmBackend(Backend):
                     raise
                 n *= 2
         fields = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
-        self.cpuid_entries = [{f: int(getattr(cpuid.entries[i], f)) for f in fields} for i in range(cpuid.nent)]
+        supported = [CpuidEntry(*(int(getattr(cpuid.entries[i], f)) for f in fields)) for i in range(cpuid.nent)]
+        shaped = shape_kvm(supported)
+        for i, e in enumerate(shaped):
+            for f in fields:
+                setattr(cpuid.entries[i], f, getattr(e, f))
+        cpuid.nent = len(shaped)
+        self.cpuid_entries = [{f: getattr(e, f) for f in fields} for e in shaped]
         ioctl(self._vcpu_fd, api.KVM_SET_CPUID2, cpuid, name="KVM_SET_CPUID2")
+
+    def _setup_lapic(self) -> None:
+        """LINT0 = ExtINT (the 8259's output reaches the CPU through the LAPIC, as in virtual wire
+        mode) and LINT1 = NMI, as a PC BIOS programs them and the MP table says."""
+        lapic = ffi.new("struct kvm_lapic_state *")
+        ioctl(self._vcpu_fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
+        regs = ffi.buffer(lapic.regs)
+        for offset, mode in ((LAPIC_LVT_LINT0, LVT_DELIVERY_EXTINT), (LAPIC_LVT_LINT1, LVT_DELIVERY_NMI)):
+            value = int.from_bytes(regs[offset : offset + 4], "little")
+            value = (value & ~LVT_DELIVERY_MASK) | mode
+            regs[offset : offset + 4] = value.to_bytes(4, "little")
+        ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+
+    def _setup_msrs(self) -> None:
+        """The MSR values a VMM sets before the first instruction (as Firecracker does): fast
+        strings on, MTRRs on with write-back as the default type. Best effort: an MSR this host
+        refuses is logged and skipped."""
+        for index, value in BOOT_MSRS.items():
+            try:
+                self._set_msrs({index: value})
+            except (ValueError, KvmError) as e:
+                log.info("KVM refused boot MSR %#x: %s", index, e)
 
     # -- running --------------------------------------------------------------------------------
     def _check_open(self) -> None:
