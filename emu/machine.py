@@ -16,10 +16,14 @@ from emu.config import BackendName, MachineConfig
 from emu.cpu.state import CpuState
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.i8042 import I8042, SystemControlA
+from emu.devices.pic import PicPair
 from emu.devices.serial import Serial16550A
 from emu.errors import EmuError, ExitStatus, HostError
+from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
 from emu.firmware.boot import flat
 from emu.memory import GuestMemory
+from emu.roms import rom_path
+from emu.timers import HostClock, TimerQueue, TimerThread
 
 log = logging.getLogger("emu.machine")
 
@@ -100,13 +104,19 @@ class Machine:
         self._wake = threading.Event()
         self.resets = 0
         self.a20 = True
-        self._add_devices()
+        self.clock = HostClock()
+        self.timers = TimerQueue(self.clock)
+        self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
         self.backend = make_backend(cfg.backend, self.memory, self.bus)
+        self._add_devices()
         self._boot()
 
     # -- construction -----------------------------------------------------------------------------
     @staticmethod
     def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, int]:
+        if cfg.disks and cfg.bios is None and cfg.image is None and cfg.kernel is None:
+            data = flat.read_image(rom_path(BIOS_ROM), "firmware image")  # boot the disks via the BIOS
+            return data, flat.firmware_rom_size(len(data))
         if sum(x is not None for x in (cfg.bios, cfg.image, cfg.kernel)) != 1:
             raise EmuError("give exactly one boot source: --bios FILE, --image FILE or --kernel FILE")
         if cfg.kernel is not None:
@@ -120,6 +130,14 @@ class Machine:
         return flat.read_image(cfg.image, "image"), 0
 
     def _add_devices(self) -> None:
+        self.devices: list = []  # type: ignore[type-arg]
+        self.pic: PicPair | None = None
+        if not self.backend.has_irqchip:
+            # Unicorn: emu's own 8259 pair drives the CPU's INTR pin.
+            self.pic = PicPair(on_intr=self._on_intr)
+            self.pic.register(self.bus)
+            self.backend.intr_ack = self.pic.acknowledge
+            self.devices.append(self.pic)
         self.serial = Serial16550A(irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out)
         self.serial.register(self.bus)
         self.i8042 = I8042(
@@ -136,7 +154,17 @@ class Machine:
         self.debugcon.register(self.bus)
         self.post = PostCodes()
         self.post.register(self.bus)
-        self.devices = [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
+        self.devices += [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
+        self.bios: Bios | None = None
+        if self.cfg.kernel is None and self.cfg.image is None:  # firmware boot: BIOS services
+            self.bios = Bios(self.memory, self.bus, self.cfg.disks, self.cfg.snapshot, BiosHost(
+                console=self.serial_out.sinks,
+                serial_used=lambda: bool(self.serial_out.buf),
+                set_a20=self._set_a20, a20=lambda: self.a20,
+                invalidate_code=lambda addr, size: self.backend.invalidate_code(addr, size),
+            ))  # fmt: skip
+            self.bios.register(self.bus)
+            self.devices.append(self.bios)
 
     def _boot(self) -> None:
         if self.cfg.kernel is not None:
@@ -154,6 +182,7 @@ class Machine:
         self.resets += 1
         for r in self.memory.ram_regions:
             r.view[:] = bytes(r.size)
+        self.timers.clear()
         for dev in self.devices:
             dev.reset()
         self.a20 = True
@@ -161,9 +190,27 @@ class Machine:
 
     # -- requests from devices and other threads ----------------------------------------------
     def set_irq(self, line: int, level: bool) -> None:
-        if self.backend.has_irqchip:
+        """An ISA interrupt line changed (any thread)."""
+        if self.pic is not None:
+            self.pic.set_irq(line, level)
+        else:
             self.backend.set_irq(line, level)
         self._wake.set()
+
+    def _on_intr(self, level: bool) -> None:
+        # Called under the PIC's lock, from any thread: must not block.
+        self.backend.set_intr(level)
+        if level:
+            self._wake.set()
+
+    def _kick_for_timers(self) -> None:
+        """From the timer thread: a deadline passed; make the vCPU thread run the timers."""
+        self._wake.set()
+        self.backend.request_stop()
+
+    def _run_timers(self) -> None:
+        if self.timers.run_due():
+            self._timer_thread.notify()
 
     def _set_a20(self, enabled: bool) -> None:
         self.a20 = enabled  # recorded; address-bit-20 masking belongs to the firmware issue
@@ -204,6 +251,7 @@ class Machine:
             timer.daemon = True
             timer.start()
         thread = threading.Thread(target=vcpu, name="vcpu0", daemon=True)
+        self._timer_thread.start()
         thread.start()
         try:
             while thread.is_alive():
@@ -214,6 +262,7 @@ class Machine:
         finally:
             if timer is not None:
                 timer.cancel()
+            self._timer_thread.stop()
         if not box:
             return self._result(ExitStatus.SOFTWARE, "the vCPU did not stop")
         return box[0]
@@ -237,6 +286,7 @@ class Machine:
     def _run_loop(self) -> RunResult:
         while True:
             exit_ = self.backend.run()
+            self._run_timers()
             action = self._take_action()
             if action is not None:
                 result = self._handle_action(action, exit_)
@@ -282,22 +332,33 @@ class Machine:
         return None
 
     def _wait_for_interrupt(self) -> RunResult | None:
-        """hlt with interrupts enabled: sleep until a device raises a line or we must stop."""
+        """hlt with interrupts enabled: sleep until an interrupt can be taken or we must stop.
+        Timers run here too (this is the vCPU thread)."""
         while True:
-            self._wake.wait(0.05)
-            self._wake.clear()
             action = self._take_action()
             if action is not None:
                 return self._handle_action(action, Exit(ExitKind.HALT))
-            if not self.backend.is_halted_for_good() and self._interrupt_deliverable():
+            self._run_timers()
+            if self.backend.is_halted_for_good():
+                return self._result(ExitStatus.OK, "guest halted with interrupts disabled", Exit(ExitKind.HALT))
+            if self._interrupt_deliverable():
                 return None
+            timeout = 0.05
+            deadline = self.timers.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, (deadline - self.clock.now_ns()) / 1e9))
+            self._wake.wait(timeout)
+            self._wake.clear()
 
     def _interrupt_deliverable(self) -> bool:
-        # Software interrupt controllers arrive with the direct-boot issue; until then only an
-        # in-kernel irqchip can wake a halted CPU, and it does so inside the backend.
-        return self.backend.has_irqchip
+        if self.pic is None:
+            return True  # the in-kernel irqchip wakes the vCPU inside KVM_RUN
+        return self.backend.interrupt_ready()
 
     def close(self) -> None:
+        if self.bios is not None:
+            self.bios.close()
+        self._timer_thread.stop()
         self.backend.close()
         self.memory.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -48,6 +49,9 @@ class Backend(abc.ABC):
     def __init__(self, memory: GuestMemory, bus: Bus) -> None:
         self.memory = memory
         self.bus = bus
+        #: INTA cycle of a software interrupt controller (backends without an irqchip): returns
+        #: the vector of the interrupt the CPU takes.
+        self.intr_ack: Callable[[], int] | None = None
 
     @abc.abstractmethod
     def run(self) -> Exit:
@@ -77,6 +81,10 @@ class Backend(abc.ABC):
 
     def set_intr(self, pending: bool) -> None:
         """INTR pin from a software interrupt controller (backends without an irqchip)."""
+
+    def interrupt_ready(self) -> bool:
+        """INTR is pending and the CPU accepts it now (backends without an irqchip)."""
+        return False
 
     def invalidate_code(self, paddr: int, size: int) -> None:
         """Guest memory at paddr was written from the host: drop any translated code there."""

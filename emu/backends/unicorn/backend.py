@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 import unicorn
 from unicorn import x86_const as X
@@ -80,8 +79,6 @@ class UnicornBackend(Backend):
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
         self._intr_pending = False
-        #: INTA cycle of the software interrupt controller: returns the vector to deliver.
-        self.intr_ack: Callable[[], int] | None = None
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
@@ -312,11 +309,11 @@ class UnicornBackend(Backend):
 
     def _window_poll(self) -> None:
         while not self._closed:
-            self._window.wait(0.5)
-            if self._window.is_set() and self._in_emu:
-                time.sleep(INTR_WINDOW_POLL_S)
-                if self._window.is_set() and self._in_emu:
-                    self.request_stop()
+            if not self._window.wait(0.5):
+                continue
+            time.sleep(INTR_WINDOW_POLL_S)
+            if self._window.is_set() and self._in_emu and not self._closed:
+                self.request_stop()
 
     def _classify_return(self) -> Exit:
         """emu_start returned on its own: hlt (RIP is just past it) or an engine quirk."""
@@ -356,13 +353,17 @@ class UnicornBackend(Backend):
         self.request_stop()
 
     def set_intr(self, pending: bool) -> None:
-        """INTR from the software PIC (any thread). A new interrupt stops the run so that the
-        run loop can deliver it."""
+        """INTR from the software PIC, from any thread and possibly under the PIC's lock: it
+        never blocks. A new interrupt stops the run so that run() can deliver it."""
         self._intr_pending = pending
         if not pending:
             self._window.clear()
-        elif self._in_emu:
-            self.request_stop()
+        elif threading.get_ident() == self._vcpu_thread:
+            if self._in_emu:  # inside an I/O hook: the stop lands at the end of the block
+                self._stop_requested = True
+                self.uc.emu_stop()
+        else:
+            self._arm_window_poll()  # the poll thread stops the run, outside any device lock
 
     def interrupt_ready(self) -> bool:
         """An interrupt is pending and the guest accepts it (IF=1)."""
