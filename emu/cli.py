@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reboot", action="store_true", help="exit instead of rebooting when the guest resets")
     run.add_argument("-v", "--verbose", action="count", default=0, help="debug output on stderr (-vv: more)")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
+    ext = sub.add_parser(
+        "extract-vmlinux",
+        help="extract the vmlinux ELF from a bzImage",
+        description="Decompress the kernel in a bzImage (gzip, xz, lzma, bzip2 or lz4) to its vmlinux ELF.",
+    )
+    ext.add_argument("bzimage", type=Path, metavar="BZIMAGE")
+    ext.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="where the ELF is written")
+    ext.set_defaults(handler=cmd_extract_vmlinux, verbose=0)
     return p
 
 
@@ -165,6 +173,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.status
 
 
+def cmd_extract_vmlinux(args: argparse.Namespace) -> int:
+    from emu.tools.vmlinux import extract_vmlinux
+
+    try:
+        elf = extract_vmlinux(args.bzimage.read_bytes())
+        args.output.write_bytes(elf)
+    except OSError as e:
+        raise EmuError(f"{e.filename}: {e.strerror}") from None
+    sys.stderr.write(f"emu: wrote {args.output} ({len(elf)} bytes)\n")
+    return ExitStatus.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="emu: %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return cmd_run(args)
+        return args.handler(args) if "handler" in args else cmd_run(args)
     except EmuError as e:
         sys.stderr.write(f"emu: error: {e}\n")
         return e.status
