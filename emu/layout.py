@@ -54,7 +54,67 @@ IRQ_I8042 = 1
 IRQ_I8042_AUX = 12  # PS/2 mouse channel (no mouse is emulated)
 
 # -- Direct kernel boot (emu/firmware/boot/, emu/firmware/tables/) -------------------------------
+# Low-memory boot structures, at Firecracker's addresses (arch/x86_64/layout.rs and regs.rs) so
+# a kernel sees the same state under emu as under Firecracker. Everything below 1 MiB belongs to
+# these structures and the legacy areas; a kernel must load at or above KERNEL_MIN_ADDR.
+BOOT_GDT_ADDR = 0x500  # 4 descriptors (null, code, data, TSS)
+BOOT_IDT_ADDR = 0x520  # one zero descriptor, IDTR limit 7: any exception before the kernel's IDT shuts down
+BOOT_INFO_ADDR = 0x6000  # PVH hvm_start_info or the multiboot information structure
+PVH_MODLIST_ADDR = 0x6040  # hvm_modlist_entry[] (initrd first, then each --module)
+MULTIBOOT_MODS_ADDR = 0x6200  # multiboot module list (16-byte entries)
+MULTIBOOT_MMAP_ADDR = 0x6C00  # multiboot memory map (24-byte size-prefixed entries)
+BOOT_INFO_END = 0x7000
+ZERO_PAGE_ADDR = 0x7000  # Linux struct boot_params (4 KiB)
+PVH_MEMMAP_ADDR = 0x7000  # hvm_memmap_table_entry[] (PVH has no zero page)
+BOOT_STACK_TOP = 0x8FF0  # RSP/RBP at entry
+BOOT_PML4_ADDR = 0x9000  # long-mode entry page tables: the first GiB identity-mapped, 2 MiB pages
+BOOT_PDPT_ADDR = 0xA000
+BOOT_PD_ADDR = 0xB000
+BOOT_IDENTITY_MAP_END = 1 * GiB
+CMDLINE_ADDR = 0x20000
+CMDLINE_MAX = 2048  # bytes including the NUL (Linux's COMMAND_LINE_SIZE on x86)
+BOOT_STRINGS_ADDR = 0x20800  # module command lines and the multiboot boot loader name
+BOOT_STRINGS_END = 0x30000
+KERNEL_MIN_ADDR = HIGH_MEMORY
+# The MP table goes first-fit into the last KiB of conventional memory (reserved in the e820 map),
+# where Linux scans for it (as Firecracker places it).
+MPTABLE_AREA_START = EBDA_START
+MPTABLE_AREA_END = REAL_MODE_END
 
 # -- BIOS (roms/bios.asm, emu/firmware/bios/) ----------------------------------------------------
+# The ROM's service stubs save the caller's registers to BIOS_REGS and write the vector number to
+# PORT_BIOS_CALL; Python does the service and the stub reloads the registers. roms/bios.asm holds
+# the same numbers (tests/test_bios.py checks they agree).
+PORT_BIOS_CALL = 0x0500  # no ISA device decodes it on a PC
+BIOS_REGS = 0xEFF00  # register block, in the reserved legacy BIOS area, off every code page
+BIOS_REGS_SIZE = 0x40
+BIOS_BOOT_SP = 0x7C00  # SS:SP = 0000:7C00 when the boot sector is entered
+BOOT_SECTOR = 0x7C00
 
 # -- Interrupt controllers and timers (emu/devices/pic.py, pit.py, cmos.py) ----------------------
+# Two cascaded 8259A PICs (slave on master IR2) with the PIIX/ICH edge/level control registers.
+PORT_PIC_MASTER = 0x20  # command (A0=0), data (A0=1) at +1
+PORT_PIC_SLAVE = 0xA0
+PORT_ELCR = 0x4D0  # 0x4D0 master (IRQ 0-7), 0x4D1 slave (IRQ 8-15)
+PIC_CASCADE_IRQ = 2
+PIC_BIOS_MASTER_BASE = 0x08  # vector bases a PC BIOS programs (Linux moves them to 0x30/0x38)
+PIC_BIOS_SLAVE_BASE = 0x70
+# 8254 PIT at 0x40-0x43 (channel 0 on IRQ 0, channel 2 gated by and read back through port 0x61).
+PORT_PIT = 0x40
+PORT_SYSCTL_B = 0x61  # "NMI status and control": gate 2, speaker, refresh toggle, OUT2
+PIT_HZ = 1_193_182
+IRQ_PIT = 0
+# MC146818 RTC and CMOS RAM: index port (bit 7 masks NMI), data port; periodic/alarm/update on IRQ 8.
+PORT_CMOS_INDEX = 0x70
+PORT_CMOS_DATA = 0x71
+IRQ_RTC = 8
+CMOS_SHUTDOWN_STATUS = 0x0F  # why the CPU was reset (BIOS resume codes)
+CMOS_FLOPPY_TYPES = 0x10  # drive 0 in bits 7:4, drive 1 in bits 3:0
+CMOS_EQUIPMENT = 0x14
+CMOS_BASE_MEM_KIB = 0x15  # 0x15/0x16: conventional memory in KiB (640)
+CMOS_EXT_MEM_KIB = 0x17  # 0x17/0x18: KiB above 1 MiB, capped at 0xFFFF
+CMOS_CHECKSUM = 0x2E  # 0x2E high byte, 0x2F low byte: sum of 0x10-0x2D
+CMOS_EXT_MEM_KIB2 = 0x30  # 0x30/0x31: copy of 0x17/0x18
+CMOS_CENTURY = 0x32
+CMOS_MEM_ABOVE_16M = 0x34  # 0x34/0x35: 64 KiB blocks from 16 MiB to the top of low RAM
+CMOS_MEM_ABOVE_4G = 0x5B  # 0x5B-0x5D: 64 KiB blocks above 4 GiB

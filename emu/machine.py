@@ -14,9 +14,11 @@ from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
 from emu.bus import Bus
 from emu.config import BackendName, MachineConfig
 from emu.cpu.state import CpuState
+from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.i8042 import I8042, SystemControlA
 from emu.devices.pic import PicPair
+from emu.devices.pit import Pit
 from emu.devices.serial import Serial16550A
 from emu.errors import EmuError, ExitStatus, HostError
 from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
@@ -137,7 +139,13 @@ class Machine:
             self.pic = PicPair(on_intr=self._on_intr)
             self.pic.register(self.bus)
             self.backend.intr_ack = self.pic.acknowledge
-            self.devices.append(self.pic)
+            self.pit = Pit(self.timers, irq0=lambda level: self.set_irq(layout.IRQ_PIT, level))
+            self.pit.register(self.bus)  # with port 0x61
+            self.devices += [self.pic, self.pit]
+        # Under KVM the PIT (and port 0x61) is in the kernel; the RTC never is.
+        self.cmos = Cmos(self.timers, irq8=lambda level: self.set_irq(layout.IRQ_RTC, level), memory_size=self.cfg.mem)
+        self.cmos.register(self.bus)
+        self.devices.append(self.cmos)
         self.serial = Serial16550A(irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out)
         self.serial.register(self.bus)
         self.i8042 = I8042(
@@ -171,7 +179,7 @@ class Machine:
             from emu.firmware.boot.kernel import load_kernel
 
             state = load_kernel(self.memory, self.cfg)
-        elif self.cfg.bios is not None:
+        elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
             state = flat.load_flat(self.memory, self._boot_data, self.cfg.load_addr)

@@ -20,7 +20,7 @@ from emu import layout
 from emu.backends.base import Backend, Exit, ExitKind
 from emu.backends.unicorn import rawstate as R
 from emu.bus import Bus
-from emu.cpu import cpuid, x86
+from emu.cpu import cpuid, paging, x86
 from emu.cpu.interrupts import (
     ChainLink,
     Event,
@@ -30,6 +30,7 @@ from emu.cpu.interrupts import (
     deliver_with_escalation,
 )
 from emu.cpu.state import CpuState, FpuState, Segment
+from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.unicorn")
@@ -210,9 +211,14 @@ class UnicornBackend(Backend):
         return True
 
     def _peek_byte_before(self, raw: R.RawContext) -> int:
+        """The code byte just before RIP (through the guest's paging), or -1."""
+        linear = self._linear_pc(raw) - 1
         try:
-            return self.uc.mem_read(self._linear_pc(raw) - 1, 1)[0]
-        except unicorn.UcError:
+            phys = paging.translate(
+                self.memory, paging.PagingRegs(raw.cr(0), raw.cr(3), raw.cr(4), raw.u64(R.OFF_EFER)), linear
+            )
+            return self.memory.read_u8(phys)
+        except (paging.PageFault, GuestMemoryError):
             return -1
 
     def _linear_pc(self, raw: R.RawContext) -> int:
@@ -318,11 +324,8 @@ class UnicornBackend(Backend):
     def _classify_return(self) -> Exit:
         """emu_start returned on its own: hlt (RIP is just past it) or an engine quirk."""
         raw = R.RawContext.save(self.uc)
-        try:
-            if self.uc.mem_read(self._linear_pc(raw) - 1, 1)[0] == 0xF4:
-                return Exit(ExitKind.HALT)
-        except unicorn.UcError:
-            pass
+        if self._peek_byte_before(raw) == 0xF4:
+            return Exit(ExitKind.HALT)
         return Exit(ExitKind.ERROR, f"emulation stopped unexpectedly at RIP {raw.u64(R.OFF_EIP):#x}")
 
     def _engine_error(self, e: unicorn.UcError) -> Exit:
