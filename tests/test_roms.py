@@ -47,6 +47,14 @@ def test_demo_has_a_reset_vector() -> None:
     assert segment == 0xF000 and offset < 0xFFF0, f"reset vector jumps to {segment:04x}:{offset:04x}"
 
 
+def test_bios_has_a_reset_vector() -> None:
+    data = (ROMS / "bios.bin").read_bytes()
+    assert len(data) == 64 << 10, "the BIOS is exactly 64 KiB"
+    assert data[0xFFF0] == 0xEA, f"no far jump at the reset vector: {data[0xFFF0:0xFFF5].hex()}"
+    offset, segment = struct.unpack_from("<HH", data, 0xFFF1)
+    assert segment == 0xF000 and offset < 0xE000, f"reset vector jumps to {segment:04x}:{offset:04x}"
+
+
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_demo_boots_to_long_mode(backend: BackendName) -> None:
     require(backend)

@@ -83,6 +83,7 @@ class UnicornBackend(Backend):
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
+        self.stale_exceptions = 0  # stops that landed on a raised, undelivered exception
         self.tsc_khz = host_tsc_khz()
         self._cpuid = cpuid.unicorn_table(self.tsc_khz)
         #: The recent delivered events (for fault reports): (chain, state before delivery).
@@ -131,11 +132,22 @@ class UnicornBackend(Backend):
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
         if self._discard_io:
             return (1 << (8 * size)) - 1
+        self._check_deadline()
         return self.bus.pio_read(port, size)
 
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
         if not self._discard_io:
+            self._check_deadline()
             self.bus.pio_write(port, size, value)
+
+    def _check_deadline(self) -> None:
+        """A timer deadline passed: stop from inside this hook, where a stop is exact (a stop
+        from another thread can make Unicorn re-run instructions, see docs/architecture.md)."""
+        d = self.deadline_ns
+        if d is not None and time.monotonic_ns() >= d:
+            self.deadline_ns = None
+            self._stop_requested = True
+            self.uc.emu_stop()
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
         raw = R.RawContext.save(uc)
@@ -251,13 +263,15 @@ class UnicornBackend(Backend):
         raw.set_segment("cs", state.cs)
         raw.set_segment("ss", state.ss)
         raw.set_u64(R.OFF_REGS + 8 * 4, state.rsp)
+        # RIP goes in through the raw state only: after an INTR hook Unicorn resumes at
+        # exception_next_eip, and a reg_write(RIP) inside a hook makes Unicorn restart the
+        # handler's first block after a later stop (its instructions would run twice).
         raw.set_u64(R.OFF_EIP, (state.rip - rip_bias) & 0xFFFF_FFFF_FFFF_FFFF)
+        raw.set_u64(R.OFF_EXCEPTION_NEXT_EIP, state.rip)
         raw.set_cr(2, state.cr2)
         raw.recompute_hflags(state.rflags)
         raw.restore(self.uc)
         self.uc.reg_write(X.UC_X86_REG_RFLAGS, state.rflags)
-        if not rip_bias:
-            self.uc.reg_write(X.UC_X86_REG_RIP, state.rip)
         return True
 
     def _stop_with(self, exit_: Exit) -> None:
@@ -291,8 +305,19 @@ class UnicornBackend(Backend):
             return exit_
         if self._stop_requested:
             self._stop_requested = False
+            self._clear_stale_exception()
             return Exit(ExitKind.INTERRUPTED)
         return self._classify_return()
+
+    def _clear_stale_exception(self) -> None:
+        """A stop can land between Unicorn raising an exception and handing it to our hook. The
+        faulting instruction then simply runs again on resume, but Unicorn's record of the
+        exception (old_exception) would turn that second, identical fault into a #DF: forget it."""
+        raw = R.RawContext.save(self.uc)
+        if raw.i32(R.OFF_OLD_EXCEPTION) != -1:
+            self.stale_exceptions += 1
+            raw.set_i32(R.OFF_OLD_EXCEPTION, -1)
+            raw.restore(self.uc)
 
     def _inject_external(self) -> None:
         """Take the pending external interrupt if the guest accepts one now; otherwise make the
