@@ -220,12 +220,9 @@ def shape_kvm(supported: list[CpuidEntry]) -> list[CpuidEntry]:
     for e in supported:
         e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
         if e.function == 1:
-            regs = _apply_features(1, e.regs(), KVM_FEATURES)
             # Family/model/stepping of the model; APIC ID 0, one logical CPU, CLFLUSH 8 qwords.
-            e.set_regs((SIGNATURE, 8 << 8, regs[2], regs[3]))
-            supported_bits = next((s for s in supported if s.function == 1), e)
-            e.ecx &= supported_bits.ecx
-            e.edx &= supported_bits.edx
+            wanted = _apply_features(1, e.regs(), KVM_FEATURES)
+            e.set_regs((SIGNATURE, 8 << 8, wanted[2] & e.ecx, wanted[3] & e.edx))
         elif e.function == 7 and e.index == 0:
             e.set_regs(_mask(_apply_features(7, (0, 0, 0, 0), KVM_FEATURES), e.regs()))
         elif e.function == 7:
