@@ -30,7 +30,6 @@ from emu.timers import HostClock, TimerQueue, TimerThread
 log = logging.getLogger("emu.machine")
 
 Sink = Callable[[bytes], None]
-ASYNC_KICK_GRACE_NS = 20_000_000
 SERIAL_CAPTURE_LIMIT = 16 << 20  # bytes of serial output kept for RunResult (the tail)
 
 
@@ -110,11 +109,7 @@ class Machine:
         self.clock = HostClock()
         self.timers = TimerQueue(self.clock)
         self.backend = make_backend(cfg.backend, self.memory, self.bus)
-        # Under Unicorn a stop from another thread is the last resort (it can replay a few
-        # instructions): the vCPU checks deadlines at every port access and hlt, and the timer
-        # thread kicks only when a deadline is this late.
-        grace = 0 if self.backend.has_irqchip else ASYNC_KICK_GRACE_NS
-        self._timer_thread = TimerThread(self.timers, self._kick_for_timers, grace)
+        self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
         self._add_devices()
         self._boot()
 
@@ -224,7 +219,6 @@ class Machine:
     def _run_timers(self) -> None:
         if self.timers.run_due():
             self._timer_thread.notify()
-        self.backend.deadline_ns = self.timers.next_deadline()
 
     def _set_a20(self, enabled: bool) -> None:
         self.a20 = enabled  # recorded; address-bit-20 masking belongs to the firmware issue

@@ -105,11 +105,9 @@ class TimerThread:
     Devices stay single-threaded: this thread only reads the next deadline and calls `kick`.
     """
 
-    def __init__(self, timers: TimerQueue, kick: Callable[[], None], grace_ns: int = 0) -> None:
+    def __init__(self, timers: TimerQueue, kick: Callable[[], None]) -> None:
         self._timers = timers
         self._kick = kick
-        #: How late a deadline may be before the kick: time for the vCPU to notice it by itself.
-        self.grace_ns = grace_ns
         self._cv = threading.Condition()
         self._stopped = False
         self._kicked_for: int | None = None
@@ -144,7 +142,7 @@ class TimerThread:
                 if deadline is None:
                     self._cv.wait()
                     continue
-                delay = deadline + self.grace_ns - clock.now_ns()
+                delay = deadline - clock.now_ns()
                 if delay > 0:
                     self._cv.wait(delay / 1e9)
                     continue

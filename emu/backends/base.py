@@ -52,9 +52,6 @@ class Backend(abc.ABC):
         #: INTA cycle of a software interrupt controller (backends without an irqchip): returns
         #: the vector of the interrupt the CPU takes.
         self.intr_ack: Callable[[], int] | None = None
-        #: The machine's next timer deadline (host monotonic ns), for backends that can check
-        #: it at safe points themselves.
-        self.deadline_ns: int | None = None
 
     @abc.abstractmethod
     def run(self) -> Exit:

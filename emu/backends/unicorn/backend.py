@@ -19,6 +19,7 @@ from unicorn import x86_const as X
 from emu import layout
 from emu.backends.base import Backend, Exit, ExitKind
 from emu.backends.unicorn import rawstate as R
+from emu.backends.unicorn.kick import BlockKick
 from emu.bus import Bus
 from emu.cpu import cpuid, paging, x86
 from emu.cpu.interrupts import (
@@ -74,6 +75,11 @@ class UnicornBackend(Backend):
         super().__init__(memory, bus)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         R.self_test(self.uc)
+        # No exit addresses at all (emu stops runs itself). With `until` in use, every return
+        # from emu_start translates until-1 through the guest's page tables to drop its cached
+        # code; under paging that faults silently and leaves CR2 = until-1, error_code and
+        # old_exception = 14 behind (Linux then saw a page fault at 0xfffffffffffffffe).
+        self.uc.ctl_exits_enabled(True)
         self._stop_requested = False
         self._discard_io = False
         self._in_emu = False
@@ -83,13 +89,13 @@ class UnicornBackend(Backend):
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
-        self.stale_exceptions = 0  # stops that landed on a raised, undelivered exception
         self.tsc_khz = host_tsc_khz()
         self._cpuid = cpuid.unicorn_table(self.tsc_khz)
         #: The recent delivered events (for fault reports): (chain, state before delivery).
         self.recent_events: deque[list[ChainLink]] = deque(maxlen=16)
         self._map_memory()
         self._add_hooks()
+        self._kick = BlockKick(self.uc)
         self.set_state(CpuState())
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -132,22 +138,11 @@ class UnicornBackend(Backend):
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
         if self._discard_io:
             return (1 << (8 * size)) - 1
-        self._check_deadline()
         return self.bus.pio_read(port, size)
 
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
         if not self._discard_io:
-            self._check_deadline()
             self.bus.pio_write(port, size, value)
-
-    def _check_deadline(self) -> None:
-        """A timer deadline passed: stop from inside this hook, where a stop is exact (a stop
-        from another thread can make Unicorn re-run instructions, see docs/architecture.md)."""
-        d = self.deadline_ns
-        if d is not None and time.monotonic_ns() >= d:
-            self.deadline_ns = None
-            self._stop_requested = True
-            self.uc.emu_stop()
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
         raw = R.RawContext.save(uc)
@@ -291,7 +286,9 @@ class UnicornBackend(Backend):
         try:
             if self._stop_requested:
                 self._stop_requested = False
+                self._kick.cancel()
                 return Exit(ExitKind.INTERRUPTED)
+            kicks = self._kick.taken
             rip = self.uc.reg_read(X.UC_X86_REG_RIP)
             try:
                 self.uc.emu_start(rip, _UNTIL)
@@ -303,21 +300,13 @@ class UnicornBackend(Backend):
             exit_, self._pending = self._pending, None
             self._stop_requested = False
             return exit_
-        if self._stop_requested:
+        # A kick armed just after the previous run ended can stop this one with no request
+        # outstanding: that is an interruption too, not an engine quirk.
+        if self._stop_requested or self._kick.taken != kicks:
             self._stop_requested = False
-            self._clear_stale_exception()
+            self._kick.cancel()
             return Exit(ExitKind.INTERRUPTED)
         return self._classify_return()
-
-    def _clear_stale_exception(self) -> None:
-        """A stop can land between Unicorn raising an exception and handing it to our hook. The
-        faulting instruction then simply runs again on resume, but Unicorn's record of the
-        exception (old_exception) would turn that second, identical fault into a #DF: forget it."""
-        raw = R.RawContext.save(self.uc)
-        if raw.i32(R.OFF_OLD_EXCEPTION) != -1:
-            self.stale_exceptions += 1
-            raw.set_i32(R.OFF_OLD_EXCEPTION, -1)
-            raw.restore(self.uc)
 
     def _inject_external(self) -> None:
         """Take the pending external interrupt if the guest accepts one now; otherwise make the
@@ -365,16 +354,14 @@ class UnicornBackend(Backend):
         return Exit(ExitKind.ERROR, f"unicorn: {what} (RIP {rip:#x})", {"errno": e.errno})
 
     def request_stop(self) -> None:
+        """From any thread, never blocks. From one of our hooks the stop lands at the next
+        memory access or block start (the instruction that made the request has finished);
+        from elsewhere, at the start of the next translation block (see kick.py)."""
         self._stop_requested = True
-        if threading.get_ident() == self._vcpu_thread:
+        if threading.get_ident() == self._vcpu_thread and self._in_emu:
             self.uc.emu_stop()
-            return
-        # From another thread: emu_stop is ignored if it lands before emu_start begins, so
-        # repeat it until the run loop has seen the request.
-        deadline = time.monotonic() + 2.0
-        while self._in_emu and self._stop_requested and time.monotonic() < deadline:
-            self.uc.emu_stop()
-            time.sleep(0.001)
+        else:
+            self._kick.request()
 
     def request_final_stop(self) -> None:
         self._discard_io = True
@@ -386,12 +373,8 @@ class UnicornBackend(Backend):
         self._intr_pending = pending
         if not pending:
             self._window.clear()
-        elif threading.get_ident() == self._vcpu_thread:
-            if self._in_emu:  # inside an I/O hook: the stop lands at the end of the block
-                self._stop_requested = True
-                self.uc.emu_stop()
-        else:
-            self._arm_window_poll()  # the poll thread stops the run, outside any device lock
+        elif self._in_emu or threading.get_ident() != self._vcpu_thread:
+            self.request_stop()
 
     def interrupt_ready(self) -> bool:
         """An interrupt is pending and the guest accepts it (IF=1)."""
