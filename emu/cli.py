@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from emu import __version__
+from emu import __version__, layout
 from emu.config import BackendName, BootKind, DiskSpec, MachineConfig
 from emu.errors import EmuError, ExitStatus
 from emu.memory import parse_size
@@ -36,9 +36,9 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _size(text: str) -> int:
+def _mem_size(text: str) -> int:
     try:
-        return parse_size(text)
+        return parse_size(text, default_unit=layout.MiB)  # `--mem 256` is 256 MiB, as QEMU's -m
     except EmuError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--backend", choices=[b.value for b in BackendName], default="unicorn",
                      help="CPU backend (default: unicorn)")  # fmt: skip
-    run.add_argument("-m", "--mem", type=_size, default="256M", help="guest RAM, e.g. 64M, 2G (default 256M)")
+    run.add_argument(
+        "-m", "--mem", type=_mem_size, default="256M", help="guest RAM: 64M, 2G, or MiB as a bare number (default 256M)"
+    )
     boot = run.add_mutually_exclusive_group()
     boot.add_argument("--bios", type=Path, metavar="FILE", help="firmware image started at the reset vector")
     boot.add_argument("--image", type=Path, metavar="FILE", help="flat real-mode image loaded at --load-addr")

@@ -50,11 +50,12 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def parse_size(text: str) -> int:
-    """Parse a size like 512M, 2G, 65536, 64K (binary units, as QEMU's -m)."""
+def parse_size(text: str, default_unit: int = 1) -> int:
+    """Parse a size like 512M, 2G, 64K (binary units); a bare number counts `default_unit`s
+    (QEMU's -m: mebibytes)."""
     units = {"K": layout.KiB, "M": layout.MiB, "G": layout.GiB, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
+    mult = default_unit
     if t and t[-1] in units:
         mult = units[t[-1]]
         t = t[:-1]

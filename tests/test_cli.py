@@ -57,7 +57,7 @@ def test_unknown_backend() -> None:
     assert_one_line_error(p, ExitStatus.USAGE, "invalid choice", "bochs")
 
 
-@pytest.mark.parametrize("mem", ["0", "1M", "lots"])
+@pytest.mark.parametrize("mem", ["0", "1M", "1", "lots"])
 def test_bad_mem(mem: str) -> None:
     p = emu_run("--mem", mem)
     assert_one_line_error(p, ExitStatus.USAGE, "mem")

@@ -63,6 +63,11 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
+def test_parse_size_default_unit() -> None:
+    assert parse_size("256", default_unit=1 << 20) == 256 << 20
+    assert parse_size("4k", default_unit=1 << 20) == 4 << 10
+
+
 @pytest.mark.parametrize("text", ["", "lots", "-5M", "1Q"])
 def test_parse_size_rejects_garbage(text: str) -> None:
     with pytest.raises(EmuError):
