@@ -12,6 +12,7 @@ wrong value would make the guest clock (and `sleep 1`) run at the wrong speed.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def qemu_command(guest: LinuxGuest, cmdline: str | None = None, *, pvh: bool = F
 
 
 def time_boot(cmd: list[str], timeout: float = 120) -> dict[str, float]:
-    """Run `cmd`; host seconds from start to each marker line and to exit ("exit")."""
+    """Run `cmd`; host seconds from start to each marker line and to exit ("exit"), the exit
+    status ("status") and the peak RSS ("rss_mib")."""
     marks: dict[str, float] = {}
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -74,7 +76,9 @@ def time_boot(cmd: list[str], timeout: float = 120) -> dict[str, float]:
             m = SLEEP_RE.search(line)
             if m:
                 marks["sleep"] = float(m.group(1))
-        proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        marks["rss_mib"] = usage.ru_maxrss / 1024  # peak resident set, KiB on Linux
     finally:
         watchdog.cancel()
         if proc.poll() is None:

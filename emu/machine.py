@@ -82,7 +82,10 @@ def make_backend(name: BackendName, memory: GuestMemory, bus: Bus) -> Backend:
             raise HostError(str(e)) from None
     from emu.backends.unicorn import UnicornBackend
 
-    return UnicornBackend(memory, bus)
+    try:
+        return UnicornBackend(memory, bus)
+    except BackendUnavailable as e:
+        raise HostError(str(e)) from None
 
 
 class Machine:

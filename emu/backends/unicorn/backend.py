@@ -96,6 +96,7 @@ class UnicornBackend(Backend):
         self._map_memory()
         self._add_hooks()
         self._kick = BlockKick(self.uc)
+        self._stepping = False  # the last run was a step (the count hook is installed)
         self.set_state(CpuState())
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -283,6 +284,7 @@ class UnicornBackend(Backend):
             exit_, self._pending = self._pending, None
             return exit_
         self._in_emu = True
+        self._stepping = False
         try:
             if self._stop_requested:
                 self._stop_requested = False
@@ -382,6 +384,12 @@ class UnicornBackend(Backend):
 
     def step(self) -> Exit:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        # `count` works through a code hook, which Unicorn only puts in blocks translated after
+        # the hook was added: flush when stepping starts (a normal run removes the hook, and
+        # Unicorn flushes again then).
+        if not self._stepping:
+            self.uc.ctl_flush_tb()
+            self._stepping = True
         try:
             self.uc.emu_start(rip, _UNTIL, count=1)
         except unicorn.UcError as e:

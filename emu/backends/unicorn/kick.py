@@ -10,13 +10,22 @@ import ctypes
 import unicorn
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
-from emu.backends.unicorn._kick import ffi, lib
+from emu.backends.base import BackendUnavailable
+
+try:
+    from emu.backends.unicorn._kick import ffi, lib
+except ImportError:  # a checkout used without `scripts/setup` (pip builds the module)
+    ffi = lib = None
 
 
 class BlockKick:
     """A stop request that takes effect at the start of the next translation block."""
 
     def __init__(self, uc: unicorn.Uc) -> None:
+        if ffi is None:
+            raise BackendUnavailable(
+                "emu's native Unicorn hook (emu/backends/unicorn/kick.c) is not built: run scripts/setup"
+            )
         self._cell = ffi.new("struct emu_kick *")
         stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         self._cell.stop = ffi.cast("int (*)(void *)", stop)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import unicorn
 from unicorn import x86_const as X
 
+from emu.backends.base import BackendUnavailable
 from emu.cpu import x86
 from emu.cpu.state import DescriptorTable, Segment
 
@@ -70,7 +71,7 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
 
-class RawStateMismatch(RuntimeError):
+class RawStateMismatch(BackendUnavailable):
     """The installed Unicorn's CPU state layout is not the one emu was built against."""
 
 
