@@ -155,6 +155,8 @@ class Machine:
             on_reset=self.request_reset,
             on_a20=self._set_a20,
             irq1=lambda level: self.set_irq(layout.IRQ_I8042, level),
+            # Linux's probe loops a byte back through the aux channel and waits 250 ms for IRQ 12.
+            irq12=lambda level: self.set_irq(layout.IRQ_I8042_AUX, level),
         )
         self.i8042.register(self.bus)
         self.sysctl = SystemControlA(on_reset=self.request_reset, on_a20=self._set_a20)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from emu.bus import Bus
+from emu.config import BackendName, MachineConfig
 from emu.devices.i8042 import I8042, SystemControlA
+from emu.machine import Machine
 
 DATA, CMD, SYSCTL = 0x60, 0x64, 0x92
 OBF, SYS, CMD_BIT, AUXDATA, TIMEOUT = 0x01, 0x04, 0x08, 0x20, 0x40
@@ -249,3 +253,17 @@ def test_reset_restores_power_on_state(g: Guest) -> None:
     assert g.irq1[-1] is False
     assert g.command(0x20, replies=1) == [power_on_ctr]
     assert g.kbd(0xF2, replies=3) == [0xFA, 0xAB, 0x83]  # no parameter pending any more
+
+
+def test_machine_wires_the_aux_channel_to_irq12(tmp_path: Path) -> None:
+    """Linux loops a byte back through the aux channel and waits 250 ms for IRQ 12 to arrive."""
+    image = tmp_path / "hlt.img"
+    image.write_bytes(b"\xf4")
+    with Machine(MachineConfig(backend=BackendName.UNICORN, mem=8 << 20, image=image)) as m:
+        assert m.pic is not None
+        m.bus.pio_write(0x64, 1, 0x60)  # write the command byte:
+        m.bus.pio_write(0x60, 1, 0x02)  # aux interrupt on, keyboard interrupt off
+        m.bus.pio_write(0x64, 1, 0xD3)  # write the aux output buffer (loopback)
+        m.bus.pio_write(0x60, 1, 0xA5)
+        assert m.pic.describe()["slave"]["irr"] & 1 << (12 - 8)
+        assert m.bus.pio_read(0x60, 1) == 0xA5
