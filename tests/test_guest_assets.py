@@ -47,14 +47,6 @@ def lz4_legacy(data: bytes, level: int = 1) -> bytes:
     return p.stdout
 
 
-@pytest.fixture(scope="module")
-def guest() -> LinuxGuest:
-    try:
-        return ensure_linux_guest()
-    except GuestUnavailable as e:
-        pytest.skip(f"Linux guest unavailable: {e.reason}")
-
-
 # ---------------------------------------------------------------------------------------------
 # LZ4
 

@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from emu.tools.guests import MARKER_DONE, MARKER_START, SLEEP_RE, GuestUnavailable, LinuxGuest, ensure_linux_guest
+from emu.tools.guests import MARKER_DONE, MARKER_START, SLEEP_RE, LinuxGuest
 from tests.guests.backends import kvm_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 CMDLINE = "console=ttyS0 panic=-1"
 FAILURE_SIGNS = ("EMU-INIT-WARN", "segfault", "Kernel panic", "Oops", "BUG:", "general protection fault")
-
-
-@pytest.fixture(scope="module")
-def guest() -> LinuxGuest:
-    try:
-        return ensure_linux_guest()
-    except GuestUnavailable as e:
-        pytest.skip(f"Linux guest unavailable: {e.reason}")
 
 
 def emu_run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
