@@ -198,6 +198,7 @@ class Machine:
         self.timers.clear()
         for dev in self.devices:
             dev.reset()
+        self.backend.reset_platform()
         self.a20 = True
         self._boot()
 

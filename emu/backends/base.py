@@ -61,6 +61,10 @@ class Backend(abc.ABC):
     def request_stop(self) -> None:
         """Make a run() in progress (in any thread) return INTERRUPTED soon. Thread-safe."""
 
+    def reset_platform(self) -> None:
+        """A reboot: return what the backend emulates besides the CPU (KVM's in-kernel
+        interrupt controllers and PIT) to its power-on state."""
+
     def request_final_stop(self) -> None:
         """Like request_stop, for a run that ends or reboots: no further guest effect matters."""
         self.request_stop()

@@ -123,6 +123,26 @@ ffi.cdef(
         char regs[1024];
     };
 
+    struct kvm_irqchip {
+        uint32_t chip_id;          /* 0: master PIC, 1: slave PIC, 2: IOAPIC */
+        uint32_t pad;
+        uint64_t chip[64];         /* union of kvm_pic_state / kvm_ioapic_state, 512 bytes */
+    };
+
+    struct kvm_pit_channel_state {
+        uint32_t count;
+        uint16_t latched_count;
+        uint8_t count_latched, status_latched, status, read_state, write_state, write_latch;
+        uint8_t rw_mode, mode, bcd, gate;
+        int64_t count_load_time;
+    };
+
+    struct kvm_pit_state2 {
+        struct kvm_pit_channel_state channels[3];
+        uint32_t flags;
+        uint32_t reserved[9];
+    };
+
     struct kvm_guest_debug_arch {
         uint64_t debugreg[8];
     };
@@ -237,7 +257,11 @@ KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, "uint64_t")
 KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
+KVM_GET_IRQCHIP = _iowr(0x62, "struct kvm_irqchip")
+KVM_SET_IRQCHIP = _ior(0x63, "struct kvm_irqchip")  # (sic: the kernel declares it _IOR)
 KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
+KVM_GET_PIT2 = _ior(0x9F, "struct kvm_pit_state2")
+KVM_SET_PIT2 = _iow(0xA0, "struct kvm_pit_state2")
 # -- ioctls on a vCPU fd ------------------------------------------------------------------------
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, "struct kvm_regs")

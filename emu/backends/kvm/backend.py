@@ -218,6 +218,7 @@ class KvmBackend(Backend):
             self._setup_cpuid()
             self._setup_lapic()
             self._setup_msrs()
+            self._power_on = self._save_platform()
         except KvmError as e:
             raise BackendUnavailable(f"KVM could not set up the virtual machine ({e}): use --backend unicorn") from e
 
@@ -342,6 +343,27 @@ class KvmBackend(Backend):
             value = int.from_bytes(regs[offset : offset + 4], "little")
             value = (value & ~LVT_DELIVERY_MASK) | mode
             regs[offset : offset + 4] = value.to_bytes(4, "little")
+        ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+
+    def _save_platform(self) -> tuple[list[Any], Any, Any]:
+        """The in-kernel PICs, IOAPIC, PIT and LAPIC as they are now (at power-on)."""
+        chips = []
+        for chip_id in (0, 1, 2):
+            chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+            ioctl(self._vm_fd, api.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
+            chips.append(chip)
+        pit = ffi.new("struct kvm_pit_state2 *")
+        ioctl(self._vm_fd, api.KVM_GET_PIT2, pit, name="KVM_GET_PIT2")
+        lapic = ffi.new("struct kvm_lapic_state *")
+        ioctl(self._vcpu_fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
+        return chips, pit, lapic
+
+    def reset_platform(self) -> None:
+        self._check_open()
+        chips, pit, lapic = self._power_on
+        for chip in chips:
+            ioctl(self._vm_fd, api.KVM_SET_IRQCHIP, chip, name="KVM_SET_IRQCHIP")
+        ioctl(self._vm_fd, api.KVM_SET_PIT2, pit, name="KVM_SET_PIT2")
         ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
 
     def _setup_msrs(self) -> None:
