@@ -54,7 +54,7 @@ class Run:
     report: str  # what the guest printed on the debug console
     console: bytes  # what emu's console showed (serial output and the int 10h echo)
     serial: bytes
-    transcript: bytes  # every character int 10h printed by teletype / write string
+    transcript: bytes  # every character int 10h printed (teletype, write string, 09h stepped over)
     screen: list[tuple[str, bytes]] = field(default_factory=list)  # rows: text, attributes
     memory: dict[int, bytes] = field(default_factory=dict)  # requested guest-memory ranges
     seconds: float = 0.0

@@ -1,4 +1,5 @@
-"""Pieces of emu's BIOS that need no guest: disk geometry, the register block, key translation."""
+"""Pieces of emu's BIOS that need no guest: disk geometry, the register block, key translation,
+int 10h's console echo."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from emu import layout
 from emu.firmware.bios.disk import Chs, logical_chs, physical_chs
 from emu.firmware.bios.keyboard import key_word
 from emu.firmware.bios.regs import FLAG_CF, FLAG_IF, FLAG_ZF, Regs
+from emu.firmware.bios.video import COLUMNS, ConsoleEcho, Video
 from emu.memory import GuestMemory
 
 
@@ -60,3 +62,47 @@ def test_register_block_round_trip() -> None:
 )  # fmt: skip
 def test_key_words(byte: int, word: int) -> None:
     assert key_word(byte) == word
+
+
+def echoed(calls: list[Regs]) -> bytes:
+    """What emu's console shows after these int 10h calls (no serial output from the guest)."""
+    mem = GuestMemory(layout.MIN_MEMORY)
+    try:
+        shown: list[bytes] = []
+        echo = ConsoleEcho(shown.append, lambda: False)
+        video = Video(mem, echo)
+        video.post()
+        for r in calls:
+            video.service(r)
+        echo.flush()
+        return b"".join(shown)
+    finally:
+        mem.close()
+
+
+def grub_putchar(ch: str, row: int, col: int) -> list[Regs]:
+    """GRUB 2.06's console: get the cursor, 09h with CX=1, then move the cursor one column on
+    (at the last column: CR, LF by teletype instead)."""
+    calls = [Regs(eax=0x0300), Regs(eax=0x0900 | ord(ch), ebx=0x0007, ecx=1)]
+    if col == COLUMNS - 1:
+        return [*calls, Regs(eax=0x0E0D), Regs(eax=0x0E0A)]
+    return [*calls, Regs(eax=0x0200, edx=(row << 8) | (col + 1))]
+
+
+def test_int10_chars_the_cursor_steps_over_are_echoed() -> None:
+    calls = [Regs(eax=0x0200, edx=0x0000)]  # cursor at row 0, column 0
+    for i, ch in enumerate("Welcome"):
+        calls += grub_putchar(ch, 0, i)
+    calls += [Regs(eax=0x0E0D), Regs(eax=0x0E0A)]
+    assert echoed(calls) == b"Welcome\r\n"
+    # The last column: GRUB moves on with CR/LF, the character still shows once.
+    edge = [Regs(eax=0x0200, edx=0x0100 | (COLUMNS - 1)), *grub_putchar("!", 1, COLUMNS - 1)]
+    assert echoed(edge) == b"!\r\n"
+
+
+def test_int10_chars_written_in_place_are_not_echoed() -> None:
+    # 09h/0Ah that leave the cursor where it is (a status character, a filled box) or that the
+    # program then moves away from stay on the screen only.
+    in_place = [Regs(eax=0x0200, edx=0x0000), Regs(eax=0x0958, ebx=0x001F, ecx=3), Regs(eax=0x0A79, ecx=1),
+                Regs(eax=0x0800), Regs(eax=0x0A7A, ecx=1), Regs(eax=0x0200, edx=0x0500)]  # fmt: skip
+    assert echoed(in_place) == b""

@@ -7,7 +7,10 @@ showing both would print everything twice. The echo therefore stops for good the
 guest transmits on the UART: from then on the guest is taken to drive the serial console
 itself. Such guests emit each character on both paths back to back, so echoed text is held
 back a moment (until a newline or ECHO_DELAY seconds pass) and dropped if the UART speaks first.
-Writes with 09h/0Ah (character at the cursor without moving it) go to the screen only.
+Writes with 09h/0Ah (character at the cursor without moving it) go to the screen only, except a
+single character that the cursor then steps over (02h to the next column, or CR/LF after the last
+one): that is how GRUB's console prints every printable character, so it is shown like teletype
+text ("Welcome to GRUB!").
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class Video:
     def __init__(self, mem: GuestMemory, echo: ConsoleEcho) -> None:
         self.mem = mem
         self.echo = echo
-        self.transcript = bytearray()  # everything teletype/write-string printed (for tests)
+        self.transcript = bytearray()  # all text echoed to the console, muted or not (for tests)
+        self._stepped: tuple[int, int, int, int] | None = None  # 09h/0Ah's char: page, row, column, char
 
     # -- state in the BDA -----------------------------------------------------------------------
     def post(self) -> None:
@@ -202,12 +206,15 @@ class Video:
     # -- int 10h --------------------------------------------------------------------------------
     def service(self, r: Regs) -> None:
         ah = r.ah
+        stepped, self._stepped = self._stepped, None
         if ah == 0x00:
             self._set_mode(clear=not r.al & 0x80)
             r.al = 0x30  # text mode set
         elif ah == 0x01:
             self.mem.write_u16(bda.CURSOR_SHAPE, r.cx)
         elif ah == 0x02:
+            if stepped is not None and stepped[:3] == (r.bh & 7, r.dh, r.dl - 1):
+                self._print(bytes([stepped[3]]))
             self._set_cursor(r.bh, r.dh, r.dl)
         elif ah == 0x03:
             r.dh, r.dl = self._cursor(r.bh)
@@ -226,7 +233,11 @@ class Video:
                 r.al, r.ah = self.mem.read_u8(at), self.mem.read_u8(at + 1)
         elif ah in (0x09, 0x0A):
             self._repeat(r.bh, r.al, r.bl if ah == 0x09 else None, r.cx)
+            if r.cx == 1 and 0x20 <= r.al < 0x7F:
+                self._stepped = (r.bh & 7, *self._cursor(r.bh), r.al)
         elif ah == 0x0E:
+            if stepped is not None and r.al == 0x0D and stepped[2] == COLUMNS - 1:
+                self._print(bytes([stepped[3]]))  # GRUB moves on from the last column by CR/LF
             self.teletype(r.al)
             self._print(bytes([r.al]))
         elif ah == 0x0F:
