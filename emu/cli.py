@@ -5,19 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from emu import __version__, layout
-from emu.config import BackendName, BootKind, DiskSpec, MachineConfig
+from emu.config import BackendName, BootKind, DiskSpec, MachineConfig, TripleFaultPolicy, VirtioTransport
 from emu.errors import EmuError, ExitStatus
+from emu.expect import ExpectWatch, apply_expectations
 from emu.memory import parse_size
 
+if TYPE_CHECKING:
+    from emu.machine import Machine
+    from emu.report import FaultReport
+
 EXIT_STATUS_HELP = """exit statuses:
-  0     the guest powered off or halted for good (cli; hlt), or you quit (Ctrl-A x)
+  0     the guest powered off or halted for good (cli; hlt), or you quit (Ctrl-A x);
+        also a triple fault with --triple-fault=exit0
   odd   the guest wrote v to the debug-exit port 0xF4: status (v << 1) | 1
   2     bad usage or bad input (missing file, image too large, bad option)
-  4     triple fault
+  4     triple fault (a fault report goes to stderr; --report FILE writes it as JSON)
+  8     a required --expect marker never appeared on the serial console
   70    emulator error (including an unusable /dev/kvm)
   124   --timeout expired
 """
@@ -54,7 +62,7 @@ def _seconds(text: str) -> float:
 
 
 def _disk(text: str) -> DiskSpec:
-    """PATH[,ro][,floppy]"""
+    """PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern]"""
     path, *opts = text.split(",")
     if not path:
         raise argparse.ArgumentTypeError(f"no file name in {text!r}")
@@ -64,9 +72,22 @@ def _disk(text: str) -> DiskSpec:
             spec.readonly = True
         elif opt in ("floppy", "if=floppy"):
             spec.floppy = True
+        elif opt.startswith("transport="):
+            spec.transport = _transport(opt.removeprefix("transport="))
         else:
-            raise argparse.ArgumentTypeError(f"unknown disk option {opt!r} in {text!r} (known: ro, floppy)")
+            known = "ro, floppy, transport="
+            raise argparse.ArgumentTypeError(f"unknown disk option {opt!r} in {text!r} (known: {known})")
+    if spec.floppy and spec.transport is not None:
+        raise argparse.ArgumentTypeError(f"a floppy is a BIOS drive, not a virtio disk: {text!r}")
     return spec
+
+
+def _transport(text: str) -> VirtioTransport:
+    try:
+        return VirtioTransport(text)
+    except ValueError:
+        known = ", ".join(t.value for t in VirtioTransport)
+        raise argparse.ArgumentTypeError(f"unknown virtio transport {text!r} (known: {known})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how --kernel is entered (default: detected from the file)")  # fmt: skip
     run.add_argument("--module", type=Path, action="append", default=[], metavar="FILE",
                      help="extra multiboot module (repeatable; the initrd is the first module)")  # fmt: skip
-    run.add_argument("--disk", type=_disk, action="append", default=[], metavar="PATH[,ro][,floppy]",
-                     help="BIOS disk image: first hard disk is 0x80, a floppy 0x00 (repeatable)")  # fmt: skip
+    run.add_argument("--disk", type=_disk, action="append", default=[],
+                     metavar="PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern]",
+                     help="disk image (repeatable): a BIOS disk (first hard disk 0x80, a floppy 0x00), or "
+                          "a virtio-blk disk with --kernel or a transport=")  # fmt: skip
+    run.add_argument("--virtio-transport", type=_transport, default=VirtioTransport.MMIO,
+                     metavar="mmio|mmio-legacy|pci|pci-legacy|pci-modern",
+                     help="transport of virtio devices that name none (default mmio: virtio-mmio v2; "
+                          "pci: a transitional virtio-pci device)")  # fmt: skip
     run.add_argument("--snapshot", action="store_true",
                      help="write disk changes to a temporary overlay; the image files stay untouched")  # fmt: skip
     run.add_argument("--serial", default="stdio", metavar="stdio|none|FILE",
@@ -109,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where port 0xE9 output goes (default stdio)")  # fmt: skip
     run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="end the run after this long (status 124)")
     run.add_argument("--no-reboot", action="store_true", help="exit instead of rebooting when the guest resets")
+    run.add_argument("--triple-fault", choices=[p.value for p in TripleFaultPolicy], default="error",
+                     help="error: end with status 4 and a fault report (default); reset: reboot as a PC "
+                          "does; exit0: end with status 0 (guests that shut down this way on purpose)")  # fmt: skip
+    run.add_argument("--report", type=Path, metavar="FILE.json",
+                     help="on a triple fault, also write the fault report as JSON (docs/report-schema.md)")  # fmt: skip
+    run.add_argument("--on-triple-fault", choices=["report", "replay"], default="report",
+                     help="replay: after a KVM triple fault, rerun the machine under Unicorn to recover the "
+                          "exception chain")  # fmt: skip
+    run.add_argument("--expect", action="append", default=[], metavar="TEXT",
+                     help="serial output the run must produce (repeatable); missing at the end: status 8")  # fmt: skip
+    run.add_argument("--expect-timeout", type=_seconds, metavar="SECONDS",
+                     help="end the run with status 8 if an --expect marker has not appeared by then")  # fmt: skip
+    run.add_argument("--deterministic", action="store_true",
+                     help="guest time from the code executed, not the host clock (unicorn): the same run every "
+                          "time; console input is ignored")  # fmt: skip
     run.add_argument("-v", "--verbose", action="count", default=0, help="debug output on stderr (-vv: more)")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
     ext = sub.add_parser(
@@ -135,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emu import roms
     from emu.console import StdioConsole
     from emu.machine import Machine
+    from emu.report.session import fault_report, rerun_settings
 
     bios = args.bios
     if bios is None and args.image is None and args.kernel is None and not args.disk:
@@ -145,8 +188,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=BackendName(args.backend), mem=args.mem, bios=bios, image=args.image,
         load_addr=args.load_addr, timeout=args.timeout, no_reboot=args.no_reboot,
         kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
-        modules=args.module, disks=args.disk, snapshot=args.snapshot,
+        modules=args.module, disks=args.disk, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
+        triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
     )  # fmt: skip
+    if args.deterministic and args.backend != BackendName.UNICORN.value:
+        raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
+    if args.expect_timeout is not None and not args.expect:
+        raise EmuError("--expect-timeout needs at least one --expect TEXT")
+    if args.report is not None and not args.report.parent.is_dir():
+        raise EmuError(f"--report {args.report}: no such directory")
+    watch = ExpectWatch(args.expect)
+    report = None
     files = []
     serial_file = _open_sink(args.serial, "--serial")
     debug_file = _open_sink(args.debugcon, "--debugcon")
@@ -157,22 +209,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         console = StdioConsole(on_quit=lambda: machine.request_quit() if machine else None)
         serial_sinks = [serial_file.write] if serial_file else ([console.write] if args.serial == "stdio" else [])
         debug_sinks = [debug_file.write] if debug_file else ([console.write] if args.debugcon == "stdio" else [])
-        machine = Machine(cfg, serial_sinks=serial_sinks, debugcon_sinks=debug_sinks)
+        machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks)
         if args.serial == "stdio":
-            console.start(machine.serial.feed)
+            # Host input arrives at host times: a deterministic run ignores it (Ctrl-A x still quits).
+            console.start(machine.serial.feed if not args.deterministic else lambda _data: None)
+        expect_timer = _expect_timer(args.expect_timeout, watch, machine)
         try:
             result = machine.run()
         finally:
+            if expect_timer is not None:
+                expect_timer.cancel()
             if args.serial == "stdio":
                 console.stop()
+        rerun = rerun_settings(args.argv, args.backend, args.deterministic)
+        report = fault_report(machine, result, rerun, replay=args.on_triple_fault == "replay")
     finally:
         if machine is not None:
             machine.close()
         for f in files:
             f.close()
+    status, reason = apply_expectations(result.status, result.reason, watch.missing,
+                                        result.status == ExitStatus.EXPECT_MISSING)  # fmt: skip
+    if report is not None:
+        _write_report(report, args.report, show=status == ExitStatus.TRIPLE_FAULT)
     if not args.quiet:
-        sys.stderr.write(f"emu: {result.reason} (exit status {result.status})\n")
-    return result.status
+        sys.stderr.write(f"emu: {reason} (exit status {status})\n")
+    return status
+
+
+def _expect_timer(seconds: float | None, watch: ExpectWatch, machine: Machine) -> threading.Timer | None:
+    """--expect-timeout: end the run if a marker is still missing by then."""
+    if seconds is None:
+        return None
+    timer = threading.Timer(seconds, lambda: None if watch.all_seen.is_set() else machine.request_expect_timeout())
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _write_report(report: FaultReport, path: Path | None, show: bool) -> None:
+    from emu.report import render as render_report
+
+    if show:
+        sys.stderr.write(render_report(report))
+    if path is not None:
+        try:
+            path.write_text(report.to_json())
+        except OSError as e:
+            raise EmuError(f"--report {path}: {e.strerror}") from None
 
 
 def cmd_extract_vmlinux(args: argparse.Namespace) -> int:
@@ -190,6 +274,7 @@ def cmd_extract_vmlinux(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for the fault report's rerun line
     if args.command is None:
         parser.print_help()
         return ExitStatus.USAGE

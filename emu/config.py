@@ -24,11 +24,31 @@ class BootKind(Enum):
     MULTIBOOT = "multiboot"
 
 
+class VirtioTransport(Enum):
+    """How a virtio device is attached (issue 5)."""
+
+    MMIO = "mmio"  # virtio-mmio version 2 (virtio 1.x, modern)
+    MMIO_LEGACY = "mmio-legacy"  # virtio-mmio version 1 (legacy, virtio 0.9.5 semantics)
+    PCI = "pci"  # virtio-pci transitional: legacy I/O BAR and modern capabilities, the driver picks
+    PCI_LEGACY = "pci-legacy"  # virtio-pci legacy only (0.9.5)
+    PCI_MODERN = "pci-modern"  # virtio-pci modern only (1.x, device ID 0x1040 + type)
+
+
+class TripleFaultPolicy(Enum):
+    """What a triple fault does to the run (--triple-fault)."""
+
+    ERROR = "error"  # end the run: exit status 4 and a fault report
+    RESET = "reset"  # reboot, as a PC does
+    EXIT0 = "exit0"  # end the run with status 0: the guest shuts down this way on purpose
+
+
 @dataclass
 class DiskSpec:
     path: Path
     readonly: bool = False
     floppy: bool = False
+    # None: a BIOS disk when the firmware boots, else a virtio-blk disk on the machine's default.
+    transport: VirtioTransport | None = None
 
 
 @dataclass
@@ -48,9 +68,12 @@ class MachineConfig:
     # Disks for the BIOS path (first hard disk is 0x80) and their copy-on-write overlay.
     disks: list[DiskSpec] = field(default_factory=list)
     snapshot: bool = False
+    virtio_transport: VirtioTransport = VirtioTransport.MMIO  # for disks that name none
     # Console and debug ports.
     serial_out: Path | None = None  # None: the console (stdio)
     debugcon: str = "stdio"  # stdio | none | a file path
     no_reboot: bool = False
     timeout: float | None = None  # seconds of wall-clock time before the run is ended
+    triple_fault: TripleFaultPolicy = TripleFaultPolicy.ERROR
+    deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
     extra: dict[str, object] = field(default_factory=dict)

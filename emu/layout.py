@@ -118,3 +118,30 @@ CMOS_EXT_MEM_KIB2 = 0x30  # 0x30/0x31: copy of 0x17/0x18
 CMOS_CENTURY = 0x32
 CMOS_MEM_ABOVE_16M = 0x34  # 0x34/0x35: 64 KiB blocks from 16 MiB to the top of low RAM
 CMOS_MEM_ABOVE_4G = 0x5B  # 0x5B-0x5D: 64 KiB blocks above 4 GiB
+
+# -- virtio-mmio (emu/devices/virtio/mmio.py) ------------------------------------------------------
+# 4 KiB register windows from Firecracker's first slot address (the hole's first 256 MiB stay
+# free for PCI BARs), one interrupt line each. The IRQs are ISA lines a PC leaves free (no LPT, no floppy controller;
+# PCI uses PCI_INTX_IRQS), usable the same way under emu's 8259s and KVM's in-kernel PIC/IOAPIC (MP table pins
+# 0-23 are identity-mapped); Linux announces nothing else on them.
+VIRTIO_MMIO_BASE = 0xD000_0000
+VIRTIO_MMIO_SLOT_SIZE = 0x1000
+VIRTIO_MMIO_IRQS = (5, 6, 7, 10, 11)  # slot n interrupts on VIRTIO_MMIO_IRQS[n]
+
+# -- PCI (emu/devices/pci/) ------------------------------------------------------------------------
+# Configuration mechanism #1. emu assigns BARs itself when it builds the machine (as firmware
+# would): memory BARs from the start of the MMIO hole up to the virtio-mmio slots, I/O BARs in
+# the window PC chipsets leave to PCI. Nothing else lives there (IOAPIC, LAPIC, KVM's pages and
+# the firmware ROM are all above 0xFEC00000).
+PORT_PCI_CONFIG_ADDRESS = 0xCF8
+PORT_PCI_CONFIG_DATA = 0xCFC
+PCI_MMIO_BASE = MMIO_HOLE_START
+PCI_MMIO_END = VIRTIO_MMIO_BASE
+PCI_IO_BASE = 0xC000
+PCI_IO_END = 0x1_0000
+PCI_FIRST_SLOT = 1  # device numbers of emu's PCI devices on bus 0 (the host bridge is 00:00.0)
+PCI_SLOTS = 8  # devices 1-8
+# INTA-D of slot d are wired to PCI_INTX_IRQS[(d + pin) % 3] (the usual swizzle), level-triggered
+# and shared. ISA lines no emulated device uses and distinct from the virtio-mmio lines: 9 (ACPI's
+# SCI on a PC, no ACPI here) and 14/15 (the IDE channels, not emulated).
+PCI_INTX_IRQS = (9, 14, 15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import traceback
@@ -12,17 +13,21 @@ from enum import Enum
 from emu import layout
 from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
 from emu.bus import Bus
-from emu.config import BackendName, MachineConfig
+from emu.config import BackendName, MachineConfig, TripleFaultPolicy
 from emu.cpu.state import CpuState
+from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.i8042 import I8042, SystemControlA
+from emu.devices.pci.host import PciHost
 from emu.devices.pic import PicPair
 from emu.devices.pit import Pit
 from emu.devices.serial import Serial16550A
+from emu.devices.virtio.slots import attach_virtio, bios_disks, close_virtio, kernel_cmdline
 from emu.errors import EmuError, ExitStatus, HostError
 from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
 from emu.firmware.boot import flat
+from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 from emu.roms import rom_path
 from emu.timers import HostClock, TimerQueue, TimerThread
@@ -40,6 +45,7 @@ class Action(Enum):
     RESET = "reset"
     TIMEOUT = "timeout"
     QUIT = "quit"
+    EXPECT_TIMEOUT = "expect-timeout"  # --expect markers still missing after --expect-timeout
 
 
 @dataclass
@@ -109,24 +115,32 @@ class Machine:
         self._wake = threading.Event()
         self.resets = 0
         self.a20 = True
-        self.clock = HostClock()
+        self.clock: HostClock | VirtualClock = VirtualClock() if cfg.deterministic else HostClock()
         self.timers = TimerQueue(self.clock)
         self.backend = make_backend(cfg.backend, self.memory, self.bus)
+        self._virtual = self.clock if isinstance(self.clock, VirtualClock) else None
+        if self._virtual is not None:
+            try:
+                self._virtual.attach(self.backend)
+            except Exception:
+                self.backend.close()
+                self.memory.close()
+                raise
         self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
+        if self._virtual is not None:
+            self._virtual.follow(self.timers)  # instead of the timer thread
         self._add_devices()
         self._boot()
 
     # -- construction -----------------------------------------------------------------------------
     @staticmethod
     def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, int]:
-        if cfg.disks and cfg.bios is None and cfg.image is None and cfg.kernel is None:
+        if bios_disks(cfg) and cfg.bios is None and cfg.image is None and cfg.kernel is None:
             data = flat.read_image(rom_path(BIOS_ROM), "firmware image")  # boot the disks via the BIOS
             return data, flat.firmware_rom_size(len(data))
         if sum(x is not None for x in (cfg.bios, cfg.image, cfg.kernel)) != 1:
             raise EmuError("give exactly one boot source: --bios FILE, --image FILE or --kernel FILE")
         if cfg.kernel is not None:
-            if cfg.disks:
-                raise EmuError("--disk with --kernel needs virtio-blk, which emu does not have yet")
             return b"", 0
         if cfg.bios is not None:
             data = flat.read_image(cfg.bios, "firmware image")
@@ -146,7 +160,8 @@ class Machine:
             self.pit.register(self.bus)  # with port 0x61
             self.devices += [self.pic, self.pit]
         # Under KVM the PIT (and port 0x61) is in the kernel; the RTC never is.
-        self.cmos = Cmos(self.timers, irq8=lambda level: self.set_irq(layout.IRQ_RTC, level), memory_size=self.cfg.mem)
+        self.cmos = Cmos(self.timers, irq8=lambda level: self.set_irq(layout.IRQ_RTC, level), memory_size=self.cfg.mem,
+                         epoch=FIXED_EPOCH if self._virtual is not None else None)  # fmt: skip
         self.cmos.register(self.bus)
         self.devices.append(self.cmos)
         self.serial = Serial16550A(irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out)
@@ -170,7 +185,7 @@ class Machine:
         self.devices += [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
         self.bios: Bios | None = None
         if self.cfg.kernel is None and self.cfg.image is None:  # firmware boot: BIOS services
-            self.bios = Bios(self.memory, self.bus, self.cfg.disks, self.cfg.snapshot, BiosHost(
+            self.bios = Bios(self.memory, self.bus, bios_disks(self.cfg), self.cfg.snapshot, BiosHost(
                 console=self.serial_out.sinks,
                 serial_used=lambda: bool(self.serial_out.buf),
                 set_a20=self._set_a20, a20=lambda: self.a20,
@@ -179,11 +194,24 @@ class Machine:
             self.bios.register(self.bus)
             self.devices.append(self.bios)
 
+        # PCI bus 0 (host bridge on 0xCF8/0xCFC) and virtio devices (issue 5); Linux learns of
+        # virtio-mmio ones from its command line. emu assigns the PCI BARs as firmware would.
+        self.pci = PciHost(self.bus, self.set_irq)
+        self.pci.register()
+        self.devices.append(self.pci)
+        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci)
+        self.pci.assign()
+        self.devices += self.virtio
+        if self.cfg.kernel is not None and self.virtio:
+            self.cfg = dataclasses.replace(self.cfg, cmdline=kernel_cmdline(self.cfg.cmdline, self.virtio))
+
     def _boot(self) -> None:
         if self.cfg.kernel is not None:
             from emu.firmware.boot.kernel import load_kernel
 
             state = load_kernel(self.memory, self.cfg)
+            if self.pci.routes():  # the MP table again, with the PCI slots' interrupt wiring
+                write_mptable(self.memory, pci=self.pci.routes())
         elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
@@ -247,6 +275,9 @@ class Machine:
     def request_quit(self) -> None:
         self._request(Action.QUIT)
 
+    def request_expect_timeout(self) -> None:
+        self._request(Action.EXPECT_TIMEOUT)
+
     # -- running ------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Run the guest to its end in a vCPU thread; this thread stays free for signals."""
@@ -265,7 +296,8 @@ class Machine:
             timer.daemon = True
             timer.start()
         thread = threading.Thread(target=vcpu, name="vcpu0", daemon=True)
-        self._timer_thread.start()
+        if self._virtual is None:  # virtual time: runs end at deadlines by themselves
+            self._timer_thread.start()
         thread.start()
         try:
             while thread.is_alive():
@@ -299,6 +331,8 @@ class Machine:
 
     def _run_loop(self) -> RunResult:
         while True:
+            if self._virtual is not None:
+                self._virtual.set_deadline(self.timers.next_deadline())
             exit_ = self.backend.run()
             self._run_timers()
             action = self._take_action()
@@ -318,6 +352,15 @@ class Machine:
                     return result
                 continue
             if kind is ExitKind.SHUTDOWN:
+                if self.cfg.triple_fault is TripleFaultPolicy.EXIT0:
+                    reason = "guest shut down by a triple fault (--triple-fault=exit0)"
+                    return self._result(ExitStatus.OK, reason, exit_)
+                if self.cfg.triple_fault is TripleFaultPolicy.RESET:
+                    log.info("triple fault (%s): resetting (--triple-fault=reset)", exit_.message)
+                    if self.cfg.no_reboot:
+                        return self._result(ExitStatus.OK, "guest reset by a triple fault (--no-reboot)", exit_)
+                    self._reboot()
+                    continue
                 return self._result(ExitStatus.TRIPLE_FAULT, f"triple fault: {exit_.message}", exit_)
             if kind is ExitKind.RESET:
                 self._reboot()
@@ -338,6 +381,8 @@ class Machine:
             return self._result(ExitStatus.TIMEOUT, f"timeout: the guest ran for {self.cfg.timeout:g} s", exit_)
         if action is Action.QUIT:
             return self._result(ExitStatus.OK, "quit by the user", exit_)
+        if action is Action.EXPECT_TIMEOUT:
+            return self._result(ExitStatus.EXPECT_MISSING, "--expect-timeout expired", exit_)
         if action is Action.RESET:
             if self.cfg.no_reboot:
                 return self._result(ExitStatus.OK, "guest requested a reset (--no-reboot)", exit_)
@@ -357,6 +402,9 @@ class Machine:
                 return self._result(ExitStatus.OK, "guest halted with interrupts disabled", Exit(ExitKind.HALT))
             if self._interrupt_deliverable():
                 return None
+            if self._virtual is not None and (deadline := self.timers.next_deadline()) is not None:
+                self._virtual.skip_to(deadline)  # nothing runs until the next timer: jump there
+                continue
             timeout = 0.05
             deadline = self.timers.next_deadline()
             if deadline is not None:
@@ -372,6 +420,7 @@ class Machine:
     def close(self) -> None:
         if self.bios is not None:
             self.bios.close()
+        close_virtio(getattr(self, "virtio", []))
         self._timer_thread.stop()
         self.backend.close()
         self.memory.close()

@@ -180,7 +180,14 @@ def _push_linear(state: CpuState, lin: LinearMemory, ss: Segment, sp: int, value
     new_sp = (sp - len(data)) & mask
     if stack_bits < 64 and not ss.type & 4 and new_sp + len(data) - 1 > ss.limit:
         raise Fault(12, 0, f"stack push at {new_sp:#x} is beyond the SS limit {ss.limit:#x}")
-    lin.write((ss.base + new_sp) & (0xFFFF_FFFF if stack_bits < 64 else mask), data, user=user)
+    linear = (ss.base + new_sp) & (0xFFFF_FFFF if stack_bits < 64 else mask)
+    try:
+        lin.write(linear, data, user=user)
+    except Fault as f:
+        if f.vector != 14:
+            raise
+        reason = f"pushing the frame at {linear:#x} (SS {ss.selector:#x}, SP {sp:#x}): {f.reason}"
+        raise Fault(14, f.error_code, reason, cr2=f.cr2) from None
     return new_sp
 
 
@@ -321,15 +328,24 @@ def _deliver_long(state: CpuState, lin: LinearMemory, ev: Event) -> None:
         rsp = state.rsp
     if not x86.canonical(rsp):
         raise Fault(12, ev.external, f"new RSP {rsp:#x} is not canonical")
+    top = rsp
     rsp &= ~0xF
     data = b"".join(x.to_bytes(8, "little") for x in reversed(frame))
     rsp = (rsp - len(data)) & 0xFFFF_FFFF_FFFF_FFFF
     try:
         lin.write(rsp, data, user=new_cpl == 3)
     except Fault as f:
+        # Say which stack: a bad IST or RSPn pointer in the TSS is the usual cause.
+        if ist:
+            where = f"the IST{ist} stack (TSS.IST{ist} = {top:#x})"
+        elif new_cpl < cpl:
+            where = f"the ring-{new_cpl} stack (TSS.RSP{new_cpl} = {top:#x})"
+        else:
+            where = f"the current stack (RSP {top:#x})"
+        reason = f"pushing the frame at {rsp:#x} on {where}: {f.reason}"
         if f.vector == 14:
-            raise
-        raise Fault(12, ev.external, f"stack push at {rsp:#x}: {f.reason}") from None
+            raise Fault(14, f.error_code, reason, cr2=f.cr2) from None
+        raise Fault(12, ev.external, reason) from None
     if new_cpl < cpl:
         state.ss = Segment(selector=new_cpl, base=0, limit=0, type=0, s=0, dpl=new_cpl, present=0, unusable=1)
     state.rsp = rsp

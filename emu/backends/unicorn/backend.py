@@ -19,7 +19,7 @@ from unicorn import x86_const as X
 from emu import layout
 from emu.backends.base import Backend, Exit, ExitKind
 from emu.backends.unicorn import rawstate as R
-from emu.backends.unicorn.kick import BlockKick
+from emu.backends.unicorn.kick import BlockKick, TraceEntry
 from emu.bus import Bus
 from emu.cpu import cpuid, paging, x86
 from emu.cpu.interrupts import (
@@ -45,6 +45,9 @@ _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # a linear address code never reaches: run until
 # While an interrupt waits for IF=1 (or the end of an interrupt shadow), the run is stopped this
 # often to look again: Unicorn has no hook on sti/popf/iret.
 INTR_WINDOW_POLL_S = 0.001
+# With virtual time the same poll is measured in guest time, so it lands at the same point every run.
+VIRTUAL_WINDOW_POLL_NS = 100_000
+VIRTUAL_TSC_KHZ = 2_000_000  # a fixed 2 GHz TSC: CPUID leaf 0x15 must not carry the host's rate
 # SYSCALL, SYSENTER: Unicorn calls the hook and then adds the instruction length to RIP.
 _SYSCALL_LEN = 2
 
@@ -97,6 +100,11 @@ class UnicornBackend(Backend):
         self._add_hooks()
         self._kick = BlockKick(self.uc)
         self._stepping = False  # the last run was a step (the count hook is installed)
+        # Virtual time (--deterministic): runs end at timer deadlines and interrupt-window polls
+        # measured in executed code, never by host-time threads.
+        self._virtual = False
+        self._deadline_ns: int | None = None
+        self._window_ns: int | None = None
         self.set_state(CpuState())
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -247,7 +255,9 @@ class UnicornBackend(Backend):
             raw.restore(self.uc)
             # `raw` is still the state at the fault: re-read it rather than copy on every delivery.
             before = self._state_from_raw(raw, rflags)
-            self._stop_with(Exit(ExitKind.SHUTDOWN, str(tf), {"chain": tf.chain, "state": before}))
+            # `state` is where the chain left the CPU (CR2 of its last #PF); for fault reports.
+            detail = {"chain": tf.chain, "state": before, "final_state": state}
+            self._stop_with(Exit(ExitKind.SHUTDOWN, str(tf), detail))
             return False
         except Unsupported as u:
             raw.restore(self.uc)
@@ -291,6 +301,8 @@ class UnicornBackend(Backend):
                 self._kick.cancel()
                 return Exit(ExitKind.INTERRUPTED)
             kicks = self._kick.taken
+            if self._virtual:
+                self._apply_budget()
             rip = self.uc.reg_read(X.UC_X86_REG_RIP)
             try:
                 self.uc.emu_start(rip, _UNTIL)
@@ -319,11 +331,16 @@ class UnicornBackend(Backend):
             self._arm_window_poll()
             return
         self._window.clear()
+        self._window_ns = None
         assert self.intr_ack is not None
         vector = self.intr_ack()  # the INTA cycle: the controller moves the line to in-service
         self._deliver(raw, Event(vector, EventKind.EXTERNAL))
 
     def _arm_window_poll(self) -> None:
+        if self._virtual:
+            self._window_ns = self._kick.virtual_ns + VIRTUAL_WINDOW_POLL_NS
+            self._apply_budget()
+            return
         self._window.set()
         if self._window_thread is None:
             self._window_thread = threading.Thread(target=self._window_poll, name="unicorn-intr-window", daemon=True)
@@ -375,6 +392,7 @@ class UnicornBackend(Backend):
         self._intr_pending = pending
         if not pending:
             self._window.clear()
+            self._window_ns = None
         elif self._in_emu or threading.get_ident() != self._vcpu_thread:
             self.request_stop()
 
@@ -409,6 +427,42 @@ class UnicornBackend(Backend):
             self.uc.ctl_flush_tb()
         else:
             self.uc.ctl_remove_cache(paddr, paddr + size)
+
+    # -- virtual time (--deterministic) ----------------------------------------------------------
+    def enable_virtual_time(self) -> None:
+        """Guest time from the code executed (kick.c): rdtsc, CPUID's TSC rate and every end of a
+        run follow it, so the same guest runs the same instruction stream every time."""
+        self._virtual = True
+        self.tsc_khz = VIRTUAL_TSC_KHZ
+        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
+        # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
+        rdtscp = cpuid.Feature.RDTSCP
+        regs = list(self._cpuid[(rdtscp.leaf, 0)])
+        regs[rdtscp.reg.value] &= ~rdtscp.mask
+        self._cpuid[(rdtscp.leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
+        self._kick.enable_virtual_tsc(self.tsc_khz)
+
+    def virtual_ns(self) -> int:
+        return self._kick.virtual_ns
+
+    def skip_to(self, ns: int) -> None:
+        """A halted CPU: let guest time jump to `ns` (the next timer deadline)."""
+        self._kick.skip_to(ns)
+
+    def set_deadline(self, ns: int | None) -> None:
+        """End runs when guest time reaches `ns` (the machine's next timer); from the vCPU thread,
+        also while the guest runs (from an I/O hook)."""
+        self._deadline_ns = ns
+        self._apply_budget()
+
+    def _apply_budget(self) -> None:
+        budget = [t for t in (self._deadline_ns, self._window_ns) if t is not None]
+        self._kick.stop_at(min(budget) if budget else None)
+
+    def block_trace(self) -> list[TraceEntry]:
+        """The translation blocks the guest started most recently, oldest first (kick.c's ring),
+        for the fault report's "last instructions executed"."""
+        return self._kick.trace()
 
     def is_halted_for_good(self) -> bool:
         # hlt with IF=0: only NMI or reset can wake it, and no device here raises NMI.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from emu.config import DiskSpec
+from emu.devices.diskimage import SECTOR, DiskImage
 from emu.errors import EmuError
 
-SECTOR = 512
+__all__ = ["SECTOR", "Chs", "Disk", "FloppyFormat", "logical_chs", "physical_chs"]
 
 # Hard disk "physical" geometry for an image, as QEMU reports a disk without a partition-table
 # hint: 16 heads, 63 sectors per track, cylinders from the size (at least 2, at most 16383).
@@ -79,35 +79,15 @@ def logical_chs(phys: Chs, sectors: int) -> Chs:
     return Chs(max(1, min(c, MAX_LOGICAL_CYLINDERS)), h, s)
 
 
-class Disk:
-    """One BIOS drive backed by an image file.
-
-    Without --snapshot, writes go to the file; with it, to an in-memory overlay of whole sectors
-    and the file is opened read-only. A trailing partial sector is not part of the disk.
-    """
+class Disk(DiskImage):
+    """One BIOS drive backed by an image file (emu/devices/diskimage.py: sector I/O and the
+    --snapshot overlay) with its int 13h geometry."""
 
     def __init__(self, spec: DiskSpec, number: int, snapshot: bool) -> None:
+        super().__init__(spec.path, spec.readonly, snapshot)
         self.spec = spec
         self.number = number  # BIOS drive number: 0x00.. floppies, 0x80.. hard disks
-        self.readonly = spec.readonly
-        self.overlay: dict[int, bytes] | None = {} if snapshot else None
-        writable = not spec.readonly and not snapshot
-        try:
-            self._fd = os.open(spec.path, os.O_RDWR if writable else os.O_RDONLY)
-        except FileNotFoundError:
-            raise EmuError(f"disk {spec.path}: no such file") from None
-        except IsADirectoryError:
-            raise EmuError(f"disk {spec.path}: is a directory") from None
-        except PermissionError:
-            hint = " (add ,ro or use --snapshot)" if writable else ""
-            raise EmuError(f"disk {spec.path}: permission denied{hint}") from None
-        except OSError as e:
-            raise EmuError(f"disk {spec.path}: {e.strerror}") from None
-        size = os.fstat(self._fd).st_size
-        self.sectors = size // SECTOR
-        if self.sectors == 0:
-            self.close()
-            raise EmuError(f"disk {spec.path}: smaller than one 512-byte sector")
+        size = self.size
         self.floppy: FloppyFormat | None = None
         if spec.floppy:
             self.floppy = FLOPPY_FORMATS.get(size)
@@ -123,33 +103,3 @@ class Disk:
     @property
     def is_floppy(self) -> bool:
         return self.floppy is not None
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def read(self, lba: int, count: int) -> bytes:
-        if lba < 0 or count < 0 or lba + count > self.sectors:
-            raise ValueError(f"sectors {lba}+{count} beyond the disk ({self.sectors})")
-        data = os.pread(self._fd, count * SECTOR, lba * SECTOR)
-        if self.overlay:
-            buf = bytearray(data)
-            for i in range(count):
-                sector = self.overlay.get(lba + i)
-                if sector is not None:
-                    buf[i * SECTOR : (i + 1) * SECTOR] = sector
-            data = bytes(buf)
-        return data
-
-    def write(self, lba: int, data: bytes) -> None:
-        count = len(data) // SECTOR
-        if lba < 0 or lba + count > self.sectors or len(data) % SECTOR:
-            raise ValueError(f"sectors {lba}+{count} beyond the disk ({self.sectors})")
-        if self.readonly:
-            raise PermissionError("read-only disk")
-        if self.overlay is not None:
-            for i in range(count):
-                self.overlay[lba + i] = bytes(data[i * SECTOR : (i + 1) * SECTOR])
-            return
-        os.pwrite(self._fd, data, lba * SECTOR)

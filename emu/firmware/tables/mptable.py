@@ -6,6 +6,8 @@ A kernel without ACPI tables finds its CPUs, the IOAPIC and the ISA interrupt wi
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Protocol
 
 from emu import layout
 from emu.errors import EmuError
@@ -27,6 +29,9 @@ CPU_ENABLED, CPU_BSP = 1, 2
 IOAPIC_USABLE = 1
 INT_VECTORED, INT_NMI, INT_EXTINT = 0, 1, 3
 POLARITY_TRIGGER_CONFORMS = 0  # "conforms to the bus": ISA is edge-triggered, active high
+# PCI INTx as emu drives them (Machine.set_irq: 1 = asserted): level-triggered, active high, said
+# explicitly rather than PCI's "conforms" (active low), since no inverter sits in front of the IOAPIC.
+POLARITY_HIGH_LEVEL = 0x1 | (0x3 << 2)
 ALL_LOCAL_APICS = 0xFF
 
 FLOATING_SIZE = 16
@@ -38,12 +43,28 @@ def _checksum(data: bytes) -> int:
     return -sum(data) & 0xFF
 
 
-def build(base: int, cpus: int = 1) -> bytes:
+class PciRoute(Protocol):
+    """One PCI slot's interrupt pin (1-4 = INTA-D) and the ISA line/IOAPIC pin it is wired to."""
+
+    @property
+    def device(self) -> int: ...
+    @property
+    def pin(self) -> int: ...
+    @property
+    def irq(self) -> int: ...
+
+
+def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     """The floating pointer at `base` followed by the configuration table it points to.
 
     ISA IRQ n is wired to IOAPIC pin n for all 24 pins, as Firecracker does and as KVM's default
     GSI routing delivers them (QEMU instead sends IRQ0 to pin 2 and says so with an override); the
     8259 is reachable through LINT0 (ExtINT) and NMI arrives on LINT1 of every local APIC.
+
+    With `pci` routes the table also has PCI bus 0 (the ISA bus becomes bus 1, as SeaBIOS numbers
+    them: Linux matches a PCI entry's source bus against the PCI bus number) and one entry per
+    slot pin, source IRQ = device << 2 | (pin - 1); the ISA entries for the lines PCI uses are left
+    out so nothing tells the kernel to program those pins edge-triggered.
     """
     if not 1 <= cpus <= 254:
         raise EmuError(f"the MP table describes 1 to 254 CPUs, not {cpus}")
@@ -52,14 +73,28 @@ def build(base: int, cpus: int = 1) -> bytes:
     for cpu in range(cpus):
         flags = CPU_ENABLED | (CPU_BSP if cpu == 0 else 0)
         entries += struct.pack("<BBBBII8x", PROCESSOR, cpu, APIC_VERSION, flags, CPU_SIGNATURE, CPU_FEATURES)
-    entries += struct.pack("<BB6s", BUS, 0, b"ISA   ")
+    pci_bus, isa_bus = (0, 1) if pci else (None, 0)
+    count = cpus
+    if pci_bus is not None:
+        entries += struct.pack("<BB6s", BUS, pci_bus, b"PCI   ")
+        count += 1
+    entries += struct.pack("<BB6s", BUS, isa_bus, b"ISA   ")
     entries += struct.pack("<BBBBI", IOAPIC, ioapic_id, APIC_VERSION, IOAPIC_USABLE, layout.IOAPIC_BASE)
+    count += 2
     interrupt = struct.Struct("<BBHBBBB")  # type, kind, flags, source bus, source IRQ, APIC id, pin
+    pci_lines = {r.irq for r in pci}
     for irq in range(ISA_IRQS):
-        entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_TRIGGER_CONFORMS, 0, irq, ioapic_id, irq)
-    entries += interrupt.pack(LOCAL_INTERRUPT, INT_EXTINT, POLARITY_TRIGGER_CONFORMS, 0, 0, 0, 0)
-    entries += interrupt.pack(LOCAL_INTERRUPT, INT_NMI, POLARITY_TRIGGER_CONFORMS, 0, 0, ALL_LOCAL_APICS, 1)
-    count = cpus + 2 + ISA_IRQS + 2  # processors, bus, IOAPIC, I/O and local interrupts
+        if irq not in pci_lines:
+            flags = POLARITY_TRIGGER_CONFORMS
+            entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, flags, isa_bus, irq, ioapic_id, irq)
+            count += 1
+    for r in pci:
+        source = r.device << 2 | (r.pin - 1)
+        entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_HIGH_LEVEL, pci_bus, source, ioapic_id, r.irq)
+        count += 1
+    entries += interrupt.pack(LOCAL_INTERRUPT, INT_EXTINT, POLARITY_TRIGGER_CONFORMS, isa_bus, 0, 0, 0)
+    entries += interrupt.pack(LOCAL_INTERRUPT, INT_NMI, POLARITY_TRIGGER_CONFORMS, isa_bus, 0, ALL_LOCAL_APICS, 1)
+    count += 2
 
     table_addr = base + FLOATING_SIZE
     fields = (TABLE_SIGNATURE, HEADER_SIZE + len(entries), SPEC_REV, 0, OEM_ID, PRODUCT_ID)
@@ -72,10 +107,10 @@ def build(base: int, cpus: int = 1) -> bytes:
     return bytes(floating + header + entries)
 
 
-def write_mptable(memory: GuestMemory, cpus: int = 1) -> int:
+def write_mptable(memory: GuestMemory, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> int:
     """Write the MP table first-fit in the reserved EBDA area and return its address."""
     base = layout.MPTABLE_AREA_START
-    blob = build(base, cpus)
+    blob = build(base, cpus, pci)
     if base + len(blob) > layout.MPTABLE_AREA_END or not memory.contains(base, len(blob)):
         raise EmuError(f"the MP table for {cpus} CPUs ({len(blob)} bytes) does not fit at {base:#x}")
     memory.write(base, blob)

@@ -1,0 +1,190 @@
+"""The virtio device core: feature negotiation, device status, config space, virtqueues and the
+interrupt status, independent of the transport that exposes them.
+
+A device (blk, ...) subclasses VirtioDevice and supplies its id, feature bits, config bytes and
+`handle()` for a popped chain. A transport maps its registers onto the core's methods. The
+guest's mistakes never raise out of here: they put the device into NEEDS_RESET (status bit 0x40,
+with a config-change interrupt as the spec asks), are logged at debug level, and the device
+ignores its queues until the driver resets it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from emu.devices.virtio.constants import (
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    ISR_CONFIG_CHANGE,
+    ISR_USED_BUFFER,
+    Status,
+)
+from emu.devices.virtio.queue import Chain, Virtqueue, VirtqueueError
+from emu.errors import GuestMemoryError
+from emu.memory import GuestMemory
+
+log = logging.getLogger("emu.virtio")
+
+IrqLine = Callable[[bool], None]
+
+_RING_FEATURES = F_INDIRECT_DESC | F_EVENT_IDX
+
+
+class VirtioDevice:
+    """Transport-independent state of one virtio device."""
+
+    device_id: int = 0
+    name: str = "virtio"
+    queue_max_size: int = 256
+
+    def __init__(self, memory: GuestMemory, num_queues: int) -> None:
+        self.memory = memory
+        self.queues = [Virtqueue(memory, i, self.queue_max_size) for i in range(num_queues)]
+        self.legacy = False  # set by the transport: legacy (virtio 0.9.5) semantics
+        self.irq: IrqLine = lambda level: None  # set by the transport
+        self.label = self.name  # for log lines: the transport adds where the device sits
+        self.errors = 0  # times the device went into NEEDS_RESET (for tests and debug output)
+        self.reset()
+
+    # -- what a device supplies -----------------------------------------------------------------
+    def device_features(self) -> int:
+        """Device-specific feature bits (0-23 and 50+) the device offers."""
+        return 0
+
+    def config_bytes(self) -> bytes:
+        """The device-specific configuration space, as the driver reads it."""
+        return b""
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        """A driver write into the configuration space (read-only fields ignore it)."""
+
+    def handle(self, queue: Virtqueue, chain: Chain) -> int:
+        """Process one chain and return the bytes written to its writable part."""
+        raise NotImplementedError
+
+    def device_reset(self) -> None:
+        """Device-specific state back to its reset value."""
+
+    # -- negotiation and status -----------------------------------------------------------------
+    def offered_features(self) -> int:
+        """What the device offers on this transport: a modern device must offer VERSION_1; a
+        legacy one only sees the low 32 bits and never VERSION_1."""
+        features = self.device_features() | _RING_FEATURES
+        if self.legacy:
+            return features & 0xFFFF_FFFF
+        return features | F_VERSION_1
+
+    def reset(self) -> None:
+        self.status = Status(0)
+        self.driver_features = 0
+        self.isr = 0
+        self.config_generation = 0
+        for q in self.queues:
+            q.reset()
+        self.device_reset()
+        self.irq(False)
+
+    def set_driver_features(self, word: int, value: int) -> None:
+        """DriverFeatures write of 32-bit word `word` (0: bits 0-31, 1: bits 32-63)."""
+        if word not in (0, 1) or self.status & (Status.FEATURES_OK | Status.DRIVER_OK):
+            return  # features are fixed once FEATURES_OK is set (or only two words exist)
+        shift = 32 * word
+        self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
+
+    def has(self, feature: int) -> bool:
+        return bool(self.driver_features & feature)
+
+    def set_status(self, value: int) -> None:
+        if value == 0:
+            self.reset()
+            return
+        new = Status(value & 0xFF) & ~Status.NEEDS_RESET
+        newly = new & ~self.status
+        if newly & Status.FEATURES_OK and not self._features_acceptable():
+            new &= ~Status.FEATURES_OK  # the driver reads it back and gives up, as the spec says
+        self.status = new | (self.status & Status.NEEDS_RESET)
+        if newly & Status.DRIVER_OK and not self.legacy and not new & Status.FEATURES_OK:
+            self.fail("DRIVER_OK without FEATURES_OK accepted")
+
+    def _features_acceptable(self) -> bool:
+        extra = self.driver_features & ~self.offered_features()
+        if extra:
+            log.debug("%s: driver accepted features %#x that were not offered", self.label, extra)
+            return False
+        if not self.legacy and not self.has(F_VERSION_1):
+            log.debug("%s: a modern device needs VERSION_1, the driver did not accept it", self.label)
+            return False
+        return True
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.status & (Status.NEEDS_RESET | Status.FAILED))
+
+    def fail(self, why: str) -> None:
+        """The driver did something invalid: NEEDS_RESET, a config-change interrupt, keep running."""
+        self.errors += 1
+        log.debug("%s: %s: device needs a reset", self.label, why)
+        if self.status & Status.NEEDS_RESET:
+            return
+        self.status |= Status.NEEDS_RESET
+        if self.status & Status.DRIVER_OK:
+            self.raise_isr(ISR_CONFIG_CHANGE)
+
+    # -- queues -----------------------------------------------------------------------------------
+    def enable_queue(self, q: Virtqueue) -> None:
+        try:
+            q.enable(self.has(F_INDIRECT_DESC), self.has(F_EVENT_IDX))
+        except VirtqueueError as e:
+            self.fail(str(e))
+
+    def notify(self, index: int) -> None:
+        """The driver notified queue `index`: process every available chain."""
+        if self.broken:
+            return
+        if not self.status & Status.DRIVER_OK:
+            self.fail(f"queue {index} notified before DRIVER_OK")
+            return
+        if not 0 <= index < len(self.queues):
+            self.fail(f"notify of queue {index}, which does not exist")
+            return
+        q = self.queues[index]
+        if not q.ready:
+            self.fail(f"queue {index} notified before it was set up")
+            return
+        try:
+            while (chain := q.pop()) is not None:
+                q.push(chain.head, self.handle(q, chain))
+            if q.need_interrupt():
+                self.raise_isr(ISR_USED_BUFFER)
+        except (VirtqueueError, GuestMemoryError) as e:
+            self.fail(str(e))
+
+    # -- interrupts -------------------------------------------------------------------------------
+    def raise_isr(self, bits: int) -> None:
+        self.isr |= bits
+        self.irq(True)
+
+    def ack_isr(self, bits: int) -> None:
+        self.isr &= ~bits
+        if not self.isr:
+            self.irq(False)
+
+    def read_isr_and_clear(self) -> int:
+        """Legacy PCI semantics (reading the ISR acknowledges it)."""
+        value, self.isr = self.isr, 0
+        self.irq(False)
+        return value
+
+    # -- config space -----------------------------------------------------------------------------
+    def config_read(self, offset: int, size: int) -> int:
+        data = self.config_bytes()
+        if offset < 0 or offset + size > len(data):
+            return 0
+        return int.from_bytes(data[offset : offset + size], "little")
+
+    def config_changed(self) -> None:
+        self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
+        if self.status & Status.DRIVER_OK:
+            self.raise_isr(ISR_CONFIG_CHANGE)

@@ -1,0 +1,244 @@
+"""virtio-mmio transport (virtio 1.x spec 4.2): version 2 (modern) and version 1 (legacy).
+
+One 4 KiB register window per device and one level-triggered interrupt line. Linux finds the
+devices from `virtio_mmio.device=4K@0xADDR:IRQ` words on its command line (`cmdline_word()`).
+Registers are 32 bits wide; the device-specific configuration starts at 0x100. Accesses the spec
+does not allow (a write to a read-only register, a legacy-only register on a modern device and
+the other way round) are ignored and logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+
+from emu.bus import Bus
+from emu.devices.virtio.constants import VENDOR_ID
+from emu.devices.virtio.device import IrqLine, VirtioDevice
+from emu.devices.virtio.queue import Virtqueue
+
+log = logging.getLogger("emu.virtio")
+
+MAGIC = 0x74726976  # "virt"
+SLOT_SIZE = 0x1000
+CONFIG_OFFSET = 0x100
+
+
+class Reg(IntEnum):
+    MAGIC = 0x000
+    VERSION = 0x004
+    DEVICE_ID = 0x008
+    VENDOR_ID = 0x00C
+    DEVICE_FEATURES = 0x010
+    DEVICE_FEATURES_SEL = 0x014
+    DRIVER_FEATURES = 0x020
+    DRIVER_FEATURES_SEL = 0x024
+    GUEST_PAGE_SIZE = 0x028  # legacy
+    QUEUE_SEL = 0x030
+    QUEUE_NUM_MAX = 0x034
+    QUEUE_NUM = 0x038
+    QUEUE_ALIGN = 0x03C  # legacy
+    QUEUE_PFN = 0x040  # legacy
+    QUEUE_READY = 0x044  # modern
+    QUEUE_NOTIFY = 0x050
+    INTERRUPT_STATUS = 0x060
+    INTERRUPT_ACK = 0x064
+    STATUS = 0x070
+    QUEUE_DESC_LOW = 0x080
+    QUEUE_DESC_HIGH = 0x084
+    QUEUE_DRIVER_LOW = 0x090
+    QUEUE_DRIVER_HIGH = 0x094
+    QUEUE_DEVICE_LOW = 0x0A0
+    QUEUE_DEVICE_HIGH = 0x0A4
+    SHM_SEL = 0x0AC
+    SHM_LEN_LOW = 0x0B0
+    SHM_LEN_HIGH = 0x0B4
+    SHM_BASE_LOW = 0x0B8
+    SHM_BASE_HIGH = 0x0BC
+    CONFIG_GENERATION = 0x0FC
+
+
+_LEGACY_ONLY = {Reg.GUEST_PAGE_SIZE, Reg.QUEUE_ALIGN, Reg.QUEUE_PFN}
+_MODERN_ONLY = {
+    Reg.QUEUE_READY, Reg.QUEUE_DESC_LOW, Reg.QUEUE_DESC_HIGH, Reg.QUEUE_DRIVER_LOW,
+    Reg.QUEUE_DRIVER_HIGH, Reg.QUEUE_DEVICE_LOW, Reg.QUEUE_DEVICE_HIGH, Reg.SHM_SEL,
+    Reg.SHM_LEN_LOW, Reg.SHM_LEN_HIGH, Reg.SHM_BASE_LOW, Reg.SHM_BASE_HIGH, Reg.CONFIG_GENERATION,
+}  # fmt: skip
+_NAMES = {r.value: r.name for r in Reg}
+
+
+class VirtioMmio:
+    """A virtio device behind a virtio-mmio register window at `base`, interrupting on `irq`."""
+
+    def __init__(self, device: VirtioDevice, base: int, irq: int, set_irq: IrqLine, *, legacy: bool = False) -> None:
+        self.device = device
+        self.base = base
+        self.irq = irq
+        self.version = 1 if legacy else 2
+        device.legacy = legacy
+        device.irq = set_irq
+        device.label = f"virtio-mmio@{base:#x} {device.name}"
+        self.reset()
+
+    @property
+    def kind(self) -> str:
+        return "mmio-legacy" if self.version == 1 else "mmio"
+
+    def register(self, bus: Bus) -> None:
+        bus.register_mmio(self.base, SLOT_SIZE, self, f"virtio-{self.kind} {self.device.name}")
+
+    def cmdline_word(self) -> str:
+        """How Linux learns about this device (drivers/virtio/virtio_mmio.c `device=` parameter)."""
+        return f"virtio_mmio.device=4K@{self.base:#x}:{self.irq}"
+
+    def reset(self) -> None:
+        """Machine reset: the transport's selectors and the device."""
+        self.device_features_sel = 0
+        self.driver_features_sel = 0
+        self.queue_sel = 0
+        self.guest_page_size = 4096
+        self.device.reset()
+
+    def _queue(self) -> Virtqueue | None:
+        qs = self.device.queues
+        return qs[self.queue_sel] if self.queue_sel < len(qs) else None
+
+    # -- reads ------------------------------------------------------------------------------------
+    def mmio_read(self, offset: int, size: int) -> int:
+        dev = self.device
+        if offset >= CONFIG_OFFSET:
+            return dev.config_read(offset - CONFIG_OFFSET, size)
+        if size != 4 or offset % 4:
+            log.debug("%s: %d-byte read of register %#x (registers are 32-bit)", dev.label, size, offset)
+            return 0
+        if (self.version == 1 and offset in _MODERN_ONLY) or (self.version == 2 and offset in _LEGACY_ONLY):
+            log.debug("%s: read of %s, which version %d does not have", dev.label, _NAMES[offset], self.version)
+            return 0
+        q = self._queue()
+        match offset:
+            case Reg.MAGIC:
+                return MAGIC
+            case Reg.VERSION:
+                return self.version
+            case Reg.DEVICE_ID:
+                return dev.device_id
+            case Reg.VENDOR_ID:
+                return VENDOR_ID
+            case Reg.DEVICE_FEATURES:
+                if self.device_features_sel > 1:
+                    return 0
+                return (dev.offered_features() >> (32 * self.device_features_sel)) & 0xFFFF_FFFF
+            case Reg.QUEUE_NUM_MAX:
+                return q.max_size if q is not None else 0  # 0: no such queue
+            case Reg.QUEUE_PFN:
+                return (q.desc_addr // self.guest_page_size) if q is not None and q.ready else 0
+            case Reg.QUEUE_READY:
+                return int(q is not None and q.ready)
+            case Reg.INTERRUPT_STATUS:
+                return dev.isr
+            case Reg.STATUS:
+                return int(dev.status)
+            case Reg.SHM_LEN_LOW | Reg.SHM_LEN_HIGH:
+                return 0xFFFF_FFFF  # no shared memory regions
+            case Reg.CONFIG_GENERATION:
+                return dev.config_generation
+        log.debug("%s: read of write-only or unknown register %#x", dev.label, offset)
+        return 0
+
+    # -- writes -----------------------------------------------------------------------------------
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        dev = self.device
+        if offset >= CONFIG_OFFSET:
+            dev.config_write(offset - CONFIG_OFFSET, value.to_bytes(size, "little"))
+            return
+        if size != 4 or offset % 4:
+            log.debug("%s: %d-byte write of register %#x (registers are 32-bit)", dev.label, size, offset)
+            return
+        if (self.version == 1 and offset in _MODERN_ONLY) or (self.version == 2 and offset in _LEGACY_ONLY):
+            log.debug("%s: write of %s, which version %d does not have", dev.label, _NAMES[offset], self.version)
+            return
+        q = self._queue()
+        match offset:
+            case Reg.DEVICE_FEATURES_SEL:
+                self.device_features_sel = value
+            case Reg.DRIVER_FEATURES:
+                dev.set_driver_features(self.driver_features_sel, value)
+            case Reg.DRIVER_FEATURES_SEL:
+                self.driver_features_sel = value
+            case Reg.GUEST_PAGE_SIZE:
+                if value == 0 or value & (value - 1):
+                    dev.fail(f"guest page size {value:#x} is not a power of two")
+                else:
+                    self.guest_page_size = value
+            case Reg.QUEUE_SEL:
+                self.queue_sel = value
+            case Reg.QUEUE_NUM:
+                if self._queue_writable(q, "QueueNum"):
+                    q.size = value
+            case Reg.QUEUE_ALIGN:
+                if self._queue_writable(q, "QueueAlign"):
+                    if value == 0 or value & (value - 1):
+                        dev.fail(f"queue alignment {value:#x} is not a power of two")
+                    else:
+                        q.legacy_align = value
+            case Reg.QUEUE_PFN:
+                self._legacy_pfn(q, value)
+            case Reg.QUEUE_READY:
+                if q is None:
+                    dev.fail(f"QueueReady for queue {self.queue_sel}, which does not exist")
+                elif value & 1 and not q.ready:
+                    dev.enable_queue(q)
+                elif not value & 1:
+                    q.ready = False
+            case Reg.QUEUE_NOTIFY:
+                dev.notify(value & 0xFFFF)  # bits 16+ carry the next offset with NOTIFICATION_DATA
+            case Reg.INTERRUPT_ACK:
+                dev.ack_isr(value)
+            case Reg.STATUS:
+                dev.set_status(value)
+                if value == 0:
+                    self.device_features_sel = self.driver_features_sel = self.queue_sel = 0
+            case Reg.QUEUE_DESC_LOW | Reg.QUEUE_DESC_HIGH:
+                if self._queue_writable(q, "QueueDesc"):
+                    q.desc_addr = _set_half(q.desc_addr, offset == Reg.QUEUE_DESC_HIGH, value)
+            case Reg.QUEUE_DRIVER_LOW | Reg.QUEUE_DRIVER_HIGH:
+                if self._queue_writable(q, "QueueDriver"):
+                    q.avail_addr = _set_half(q.avail_addr, offset == Reg.QUEUE_DRIVER_HIGH, value)
+            case Reg.QUEUE_DEVICE_LOW | Reg.QUEUE_DEVICE_HIGH:
+                if self._queue_writable(q, "QueueDevice"):
+                    q.used_addr = _set_half(q.used_addr, offset == Reg.QUEUE_DEVICE_HIGH, value)
+            case Reg.SHM_SEL:
+                pass
+            case _:
+                log.debug("%s: write %#x to read-only or unknown register %#x", dev.label, value, offset)
+
+    def _queue_writable(self, q: Virtqueue | None, what: str) -> bool:
+        if q is None:
+            self.device.fail(f"{what} for queue {self.queue_sel}, which does not exist")
+            return False
+        if q.ready:
+            self.device.fail(f"{what} written while queue {q.index} is live")
+            return False
+        return True
+
+    def _legacy_pfn(self, q: Virtqueue | None, pfn: int) -> None:
+        """Legacy layout: one page-aligned block holding the descriptor table, the available ring,
+        and the used ring at the next QueueAlign boundary; PFN 0 stops the queue."""
+        dev = self.device
+        if q is None:
+            dev.fail(f"QueuePFN for queue {self.queue_sel}, which does not exist")
+            return
+        if pfn == 0:
+            q.ready = False
+            return
+        if q.ready:
+            dev.fail(f"QueuePFN written while queue {q.index} is live")
+            return
+        q.place_legacy(pfn * self.guest_page_size)
+        dev.enable_queue(q)
+
+
+def _set_half(current: int, high: bool, value: int) -> int:
+    if high:
+        return (current & 0xFFFF_FFFF) | (value << 32)
+    return (current & ~0xFFFF_FFFF) | value

@@ -1,0 +1,114 @@
+"""The legacy virtio-pci register block (virtio 0.9.5; virtio 1.x spec 4.1.4.10): an I/O BAR with
+fixed offsets, used by legacy and transitional devices. emu offers no MSI-X, so the
+device-specific configuration starts at 0x14."""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emu.devices.virtio.pci import VirtioPci
+
+log = logging.getLogger("emu.virtio")
+
+PAGE_SHIFT = 12  # legacy queue addresses are 4 KiB page numbers
+CONFIG_OFFSET = 0x14
+
+
+class LegacyReg(IntEnum):
+    HOST_FEATURES = 0x00  # 32-bit, read-only
+    GUEST_FEATURES = 0x04  # 32-bit
+    QUEUE_PFN = 0x08  # 32-bit
+    QUEUE_NUM = 0x0C  # 16-bit, read-only: the queue size is the device's
+    QUEUE_SEL = 0x0E  # 16-bit
+    QUEUE_NOTIFY = 0x10  # 16-bit
+    STATUS = 0x12  # 8-bit
+    ISR = 0x13  # 8-bit, reading acknowledges
+
+
+_SIZES = {LegacyReg.HOST_FEATURES: 4, LegacyReg.GUEST_FEATURES: 4, LegacyReg.QUEUE_PFN: 4,
+          LegacyReg.QUEUE_NUM: 2, LegacyReg.QUEUE_SEL: 2, LegacyReg.QUEUE_NOTIFY: 2,
+          LegacyReg.STATUS: 1, LegacyReg.ISR: 1}  # fmt: skip
+
+
+def io_bar_size(config_len: int) -> int:
+    size = 32
+    while size < CONFIG_OFFSET + config_len:
+        size *= 2
+    return size
+
+
+class LegacyRegs:
+    """The I/O BAR's handler (offsets from the BAR's base)."""
+
+    def __init__(self, transport: VirtioPci) -> None:
+        self.t = transport
+
+    def _reg(self, offset: int, size: int, what: str) -> LegacyReg | None:
+        if offset in _SIZES and _SIZES[LegacyReg(offset)] == size:
+            return LegacyReg(offset)
+        log.debug("%s: %d-byte legacy %s at %#x (no such register)", self.t.device.label, size, what, offset)
+        return None
+
+    def io_read(self, offset: int, size: int) -> int:
+        t, dev = self.t, self.t.device
+        t.use_interface(legacy=True)
+        if offset >= CONFIG_OFFSET:
+            return dev.config_read(offset - CONFIG_OFFSET, size)
+        reg = self._reg(offset, size, "read")
+        q = t.selected_queue()
+        match reg:
+            case LegacyReg.HOST_FEATURES:
+                return dev.offered_features() & 0xFFFF_FFFF
+            case LegacyReg.GUEST_FEATURES:
+                return dev.driver_features & 0xFFFF_FFFF
+            case LegacyReg.QUEUE_PFN:
+                return q.desc_addr >> PAGE_SHIFT if q is not None and q.ready else 0
+            case LegacyReg.QUEUE_NUM:
+                return q.max_size if q is not None else 0  # 0: no such queue
+            case LegacyReg.QUEUE_SEL:
+                return t.queue_sel
+            case LegacyReg.STATUS:
+                return int(dev.status)
+            case LegacyReg.ISR:
+                return dev.read_isr_and_clear()
+        return 0
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        t, dev = self.t, self.t.device
+        t.use_interface(legacy=True)
+        if offset >= CONFIG_OFFSET:
+            dev.config_write(offset - CONFIG_OFFSET, value.to_bytes(size, "little"))
+            return
+        reg = self._reg(offset, size, "write")
+        match reg:
+            case LegacyReg.GUEST_FEATURES:
+                dev.set_driver_features(0, value)
+            case LegacyReg.QUEUE_PFN:
+                self._pfn(value)
+            case LegacyReg.QUEUE_SEL:
+                t.queue_sel = value
+            case LegacyReg.QUEUE_NOTIFY:
+                dev.notify(value)
+            case LegacyReg.STATUS:
+                dev.set_status(value)
+                if value == 0:
+                    t.queue_sel = 0
+            case LegacyReg.HOST_FEATURES | LegacyReg.QUEUE_NUM | LegacyReg.ISR:
+                log.debug("%s: write %#x to read-only legacy register %#x", dev.label, value, offset)
+
+    def _pfn(self, pfn: int) -> None:
+        dev, q = self.t.device, self.t.selected_queue()
+        if q is None:
+            dev.fail(f"QueuePFN for queue {self.t.queue_sel}, which does not exist")
+        elif pfn == 0:
+            q.ready = False  # the driver stops the queue
+        elif q.ready:
+            dev.fail(f"QueuePFN written while queue {q.index} is live")
+        else:
+            q.size = q.max_size  # legacy drivers cannot choose the size
+            q.legacy_align = 1 << PAGE_SHIFT
+            q.place_legacy(pfn << PAGE_SHIFT)
+            dev.enable_queue(q)

@@ -1,0 +1,136 @@
+"""A minimal virtio-mmio driver in Python, for unit tests: it drives a device through the Bus and
+guest RAM exactly as a guest would (register accesses, rings and descriptors in GuestMemory), and
+can be told to write garbage."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from emu.bus import Bus
+from emu.memory import GuestMemory
+
+MAGIC, VERSION, DEVICE_ID = 0x000, 0x004, 0x008
+DFEAT, DFEATSEL, GFEAT, GFEATSEL, PAGESIZE = 0x010, 0x014, 0x020, 0x024, 0x028
+QSEL, QNUMMAX, QNUM, QALIGN, QPFN, QREADY = 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044
+NOTIFY, ISR, ACK, STATUS = 0x050, 0x060, 0x064, 0x070
+QDESC, QDRIVER, QDEVICE, CONFIG = 0x080, 0x090, 0x0A0, 0x100
+
+ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, NEEDS_RESET = 1, 2, 4, 8, 0x40
+NEXT, WRITE, INDIRECT = 1, 2, 4
+F_INDIRECT_DESC, F_EVENT_IDX, F_VERSION_1 = 1 << 28, 1 << 29, 1 << 32
+
+# Guest-physical layout the driver uses (the tests give the machine 16 MiB).
+RING = 0x10000  # descriptor table; avail and used follow (modern) or per the legacy layout
+AVAIL = 0x12000
+USED = 0x13000
+BUF = 0x20000  # request buffers from here
+
+
+@dataclass
+class Desc:
+    addr: int
+    length: int
+    flags: int = 0
+    next: int = 0
+
+    def pack(self) -> bytes:
+        return struct.pack("<QIHH", self.addr, self.length, self.flags, self.next)
+
+
+class MmioDriver:
+    def __init__(self, bus: Bus, mem: GuestMemory, base: int) -> None:
+        self.bus, self.mem, self.base = bus, mem, base
+        self.qsize = 8
+        self.avail = AVAIL
+        self.used = USED
+        self.avail_idx = 0
+
+    def r(self, off: int) -> int:
+        return self.bus.mmio_read(self.base + off, 4)
+
+    def w(self, off: int, value: int) -> None:
+        self.bus.mmio_write(self.base + off, 4, value)
+
+    @property
+    def status(self) -> int:
+        return self.r(STATUS)
+
+    def offered(self) -> int:
+        self.w(DFEATSEL, 0)
+        low = self.r(DFEAT)
+        self.w(DFEATSEL, 1)
+        return low | self.r(DFEAT) << 32
+
+    def negotiate(self, features: int | None = None) -> int:
+        """Reset, ACKNOWLEDGE, DRIVER, accept `features` (default: VERSION_1 when offered);
+        FEATURES_OK on a modern device. Returns the status read back."""
+        self.w(STATUS, 0)
+        self.w(STATUS, ACKNOWLEDGE)
+        self.w(STATUS, ACKNOWLEDGE | DRIVER)
+        offered = self.offered()
+        if features is None:
+            features = offered & F_VERSION_1
+        self.w(GFEATSEL, 0)
+        self.w(GFEAT, features & 0xFFFF_FFFF)
+        self.w(GFEATSEL, 1)
+        self.w(GFEAT, features >> 32)
+        if self.r(VERSION) == 2:
+            self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK)
+        return self.status
+
+    def setup_queue(self, qsize: int = 8, desc: int = RING, avail: int = AVAIL, used: int = USED) -> None:
+        self.mem.fill(RING, 0x8000)
+        self.qsize = qsize
+        self.avail_idx = 0
+        self.w(QSEL, 0)
+        self.w(QNUM, qsize)
+        if self.r(VERSION) == 2:
+            self.avail, self.used = avail, used
+            for reg, addr in ((QDESC, desc), (QDRIVER, avail), (QDEVICE, used)):
+                self.w(reg, addr & 0xFFFF_FFFF)
+                self.w(reg + 4, addr >> 32)
+            self.w(QREADY, 1)
+        else:
+            self.w(PAGESIZE, 4096)
+            self.w(QALIGN, 4096)
+            self.avail = desc + 16 * qsize
+            self.used = (self.avail + 6 + 2 * qsize + 4095) & ~4095
+            self.w(QPFN, desc >> 12)
+
+    def start(self, features: int | None = None, qsize: int = 8) -> None:
+        self.negotiate(features)
+        self.setup_queue(qsize)
+        self.w(STATUS, self.status | DRIVER_OK)
+
+    # -- requests -------------------------------------------------------------------------------
+    def put_descs(self, descs: list[Desc], table: int = RING) -> None:
+        for i, d in enumerate(descs):
+            self.mem.write(table + 16 * i, d.pack())
+
+    def kick(self, head: int = 0, queue: int = 0) -> None:
+        self.mem.write_u16(self.avail + 4 + 2 * (self.avail_idx % self.qsize), head)
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self.mem.write_u16(self.avail + 2, self.avail_idx)
+        self.w(NOTIFY, queue)
+
+    def used_idx(self) -> int:
+        return self.mem.read_u16(self.used + 2)
+
+    def last_used(self) -> tuple[int, int]:
+        slot = (self.used_idx() - 1) % self.qsize
+        return struct.unpack("<II", self.mem.read(self.used + 4 + 8 * slot, 8))
+
+    def blk(self, rtype: int, sector: int, data: bytes = b"", read_len: int = 0) -> tuple[int, bytes]:
+        """One virtio-blk request as a three-descriptor chain; returns (status, data read)."""
+        hdr, buf, st = BUF, BUF + 0x1000, BUF + 0x800
+        self.mem.write(hdr, struct.pack("<IIQ", rtype, 0, sector) + data)
+        self.mem.write_u8(st, 0xFF)
+        descs = [Desc(hdr, 16 + len(data), NEXT, 1)]
+        if read_len:
+            self.mem.fill(buf, read_len, 0xEE)
+            descs.append(Desc(buf, read_len, NEXT | WRITE, 2))
+        descs.append(Desc(st, 1, WRITE, 0))
+        self.put_descs(descs)
+        self.kick()
+        return self.mem.read_u8(st), self.mem.read(buf, read_len)
