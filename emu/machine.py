@@ -227,7 +227,7 @@ class Machine:
         for dev in self.devices:
             dev.reset()
         self.backend.reset_platform()
-        self.a20 = True
+        self._set_a20(True)
         self._boot()
 
     # -- requests from devices and other threads ----------------------------------------------
@@ -255,7 +255,10 @@ class Machine:
             self._timer_thread.notify()
 
     def _set_a20(self, enabled: bool) -> None:
-        self.a20 = enabled  # recorded; address-bit-20 masking belongs to the firmware issue
+        # Port 0x92, the i8042 output port and int 15h 24xx all land here; the last change wins.
+        if enabled != self.a20 and not self.backend.set_a20(enabled) and not enabled:
+            log.info("A20 gate off: %s cannot mask address bit 20, so memory does not wrap", self.backend.name)
+        self.a20 = enabled
 
     def _request(self, action: Action) -> None:
         with self._lock:

@@ -61,6 +61,11 @@ class Backend(abc.ABC):
     def request_stop(self) -> None:
         """Make a run() in progress (in any thread) return INTERRUPTED soon. Thread-safe."""
 
+    def set_a20(self, enabled: bool) -> bool:
+        """The A20 gate changed. True when the backend masks physical address bit 20 while it is
+        off (KVM cannot, like QEMU under KVM)."""
+        return False
+
     def reset_platform(self) -> None:
         """A reboot: return what the backend emulates besides the CPU (KVM's in-kernel
         interrupt controllers and PIT) to its power-on state."""

@@ -417,6 +417,17 @@ class UnicornBackend(Backend):
             return exit_
         return Exit(ExitKind.DEBUG, "step")
 
+    def set_a20(self, enabled: bool) -> bool:
+        """QEMU's a20_mask: every physical address (code, data, page-table reads) is ANDed with
+        it. Called from I/O hooks or between runs; cached translations must go with it."""
+        raw = R.RawContext.save(self.uc)
+        mask = -1 if enabled else ~(1 << 20)
+        if raw.i32(R.OFF_A20_MASK) != mask:
+            raw.set_i32(R.OFF_A20_MASK, mask)
+            raw.restore(self.uc)
+            self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        return True
+
     def invalidate_code(self, paddr: int, size: int) -> None:
         # Unicorn invalidates by virtual address. With paging off that is the physical address
         # (BIOS disk reads: cheap, per range); with paging on the page may be mapped anywhere,

@@ -35,6 +35,7 @@ OFF_TR = 352
 OFF_GDT = 376  # SegmentCache: base at +8, limit at +16
 OFF_IDT = 400
 OFF_CR = 424  # cr[0..4], u64 each
+OFF_A20_MASK = 496  # i32, after cr[0..8]: ANDed into every physical address (page walks too)
 OFF_EFER = 592
 OFF_SYSENTER_CS = 4800
 OFF_ERROR_CODE = 5384  # i32
@@ -226,6 +227,8 @@ def self_test(uc: unicorn.Uc) -> None:
         for off, name, value in checks:
             if raw.u64(off) != value:
                 raise RawStateMismatch(f"unicorn raw state: {name} not at offset {off}")
+        if raw.i32(OFF_A20_MASK) != -1:  # QEMU's reset value: nothing masked
+            raise RawStateMismatch("unicorn raw state: a20_mask moved")
         if raw.u32(OFF_GDT + 16) != 0x1237:
             raise RawStateMismatch("unicorn raw state: gdt.limit moved")
         if raw.u64(OFF_EFER) & 0xFFF != (x86.Efer.SCE | x86.Efer.LME | x86.Efer.NXE | x86.Efer.LMA):
