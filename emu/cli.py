@@ -6,11 +6,21 @@ import argparse
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from emu import __version__, layout
-from emu.config import BackendName, BootKind, DiskSpec, MachineConfig, TripleFaultPolicy, VirtioTransport
+from emu.config import (
+    BackendName,
+    BootKind,
+    DiskSpec,
+    MachineConfig,
+    NetSpec,
+    TripleFaultPolicy,
+    VirtioSpec,
+    VirtioTransport,
+)
 from emu.errors import EmuError, ExitStatus
 from emu.expect import ExpectWatch, apply_expectations
 from emu.memory import parse_size
@@ -90,6 +100,42 @@ def _transport(text: str) -> VirtioTransport:
         raise argparse.ArgumentTypeError(f"unknown virtio transport {text!r} (known: {known})") from None
 
 
+def _net(text: str) -> NetSpec:
+    """tap[=NAME][,mac=52:54:..][,transport=T]"""
+    from emu.devices.virtio.tap import parse_mac
+
+    kind, *opts = text.split(",")
+    if kind != "tap" and not kind.startswith("tap="):
+        raise argparse.ArgumentTypeError(f"{text!r}: the only network backend is tap (tap or tap=NAME)")
+    spec = NetSpec(tap=kind.removeprefix("tap=") if kind != "tap" else None)
+    if spec.tap == "":
+        raise argparse.ArgumentTypeError(f"no interface name in {text!r}")
+    for opt in opts:
+        if opt.startswith("mac="):
+            try:
+                spec.mac = parse_mac(opt.removeprefix("mac="))
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        elif opt.startswith("transport="):
+            spec.transport = _transport(opt.removeprefix("transport="))
+        else:
+            raise argparse.ArgumentTypeError(f"unknown net option {opt!r} in {text!r} (known: mac=, transport=)")
+    return spec
+
+
+def _virtio_spec(text: str) -> VirtioSpec:
+    """[TARGET][,transport=T] (--rng takes no target, --virtio-console a file or stdio)."""
+    target, *opts = text.split(",")
+    if target.startswith("transport="):
+        target, opts = "", [target, *opts]
+    spec = VirtioSpec(target)
+    for opt in opts:
+        if not opt.startswith("transport="):
+            raise argparse.ArgumentTypeError(f"unknown option {opt!r} in {text!r} (known: transport=)")
+        spec.transport = _transport(opt.removeprefix("transport="))
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="emu", description="A full-system x86 PC emulator for debugging early boot.")
     p.add_argument("--version", action="version", version=f"emu {__version__}")
@@ -128,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="mmio|mmio-legacy|pci|pci-legacy|pci-modern",
                      help="transport of virtio devices that name none (default mmio: virtio-mmio v2; "
                           "pci: a transitional virtio-pci device)")  # fmt: skip
+    run.add_argument("--net", type=_net, action="append", default=[], metavar="tap[=NAME][,mac=MAC][,transport=T]",
+                     help="virtio-net NIC on a host tap (repeatable): tap=NAME attaches to an existing tap, "
+                          "tap alone creates emutapN (root) and brings it up")  # fmt: skip
+    run.add_argument("--rng", type=_virtio_spec, nargs="?", const=VirtioSpec(), metavar="transport=T",
+                     help="virtio-rng fed from the host's os.urandom (seeded bytes with --deterministic)")  # fmt: skip
+    run.add_argument("--virtio-console", type=_virtio_spec, metavar="FILE|stdio[,transport=T]",
+                     help="virtio-console: the guest's hvc0 output to FILE or stdout; with stdio and "
+                          "--serial other than stdio, stdin goes to hvc0")  # fmt: skip
     run.add_argument("--snapshot", action="store_true",
                      help="write disk changes to a temporary overlay; the image files stay untouched")  # fmt: skip
     run.add_argument("--serial", default="stdio", metavar="stdio|none|FILE",
@@ -161,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("bzimage", type=Path, metavar="BZIMAGE")
     ext.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="where the ELF is written")
     ext.set_defaults(handler=cmd_extract_vmlinux, verbose=0)
+    from emu.debugger.cli import add_debug_parser
+
+    add_debug_parser(sub, run)  # `emu debug`: run's boot options plus --script
     return p
 
 
@@ -173,26 +230,39 @@ def _open_sink(spec: str, what: str):  # type: ignore[no-untyped-def]
         raise EmuError(f"{what} {spec}: {e.strerror}") from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> MachineConfig:
+    """The machine `emu run`'s boot options describe (also what `emu debug` debugs)."""
     from emu import roms
+
+    disks = args.disk
+    if args.bios is None and args.image is None and args.kernel is None and not disks:
+        # The bundled demo disk, booted by the BIOS; read-only so the shipped image never changes.
+        disks = [DiskSpec(roms.rom_path(roms.DEFAULT_GUEST), readonly=True)]
+    if args.kernel is None and (args.initrd or args.cmdline or args.module or args.boot != "auto"):
+        raise EmuError("--initrd, --cmdline, --module and --boot only apply with --kernel")
+    cfg = MachineConfig(
+        backend=BackendName(args.backend), mem=args.mem, bios=args.bios, image=args.image,
+        load_addr=args.load_addr, timeout=args.timeout, no_reboot=args.no_reboot,
+        kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
+        modules=args.module, disks=disks, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
+        triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
+    )  # fmt: skip
+    cfg.nets, cfg.rng = args.net, args.rng
+    if args.virtio_console is not None:
+        if not args.virtio_console.target:
+            raise EmuError("--virtio-console needs a FILE or stdio")
+        cfg.virtio_console = args.virtio_console
+    if args.deterministic and args.backend != BackendName.UNICORN.value:
+        raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from emu.console import StdioConsole
     from emu.machine import Machine
     from emu.report.session import fault_report, rerun_settings
 
-    bios = args.bios
-    if bios is None and args.image is None and args.kernel is None and not args.disk:
-        bios = roms.rom_path(roms.DEFAULT_GUEST)
-    if args.kernel is None and (args.initrd or args.cmdline or args.module or args.boot != "auto"):
-        raise EmuError("--initrd, --cmdline, --module and --boot only apply with --kernel")
-    cfg = MachineConfig(
-        backend=BackendName(args.backend), mem=args.mem, bios=bios, image=args.image,
-        load_addr=args.load_addr, timeout=args.timeout, no_reboot=args.no_reboot,
-        kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
-        modules=args.module, disks=args.disk, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
-        triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
-    )  # fmt: skip
-    if args.deterministic and args.backend != BackendName.UNICORN.value:
-        raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
+    cfg = config_from_args(args)
     if args.expect_timeout is not None and not args.expect:
         raise EmuError("--expect-timeout needs at least one --expect TEXT")
     if args.report is not None and not args.report.parent.is_dir():
@@ -210,16 +280,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         serial_sinks = [serial_file.write] if serial_file else ([console.write] if args.serial == "stdio" else [])
         debug_sinks = [debug_file.write] if debug_file else ([console.write] if args.debugcon == "stdio" else [])
         machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks)
-        if args.serial == "stdio":
+        # stdin feeds COM1 when it is on stdio, else a virtio-console on stdio (hvc0).
+        stdin_feed = machine.serial.feed if args.serial == "stdio" else _virtio_console_feed(args, machine)
+        if stdin_feed is not None:
             # Host input arrives at host times: a deterministic run ignores it (Ctrl-A x still quits).
-            console.start(machine.serial.feed if not args.deterministic else lambda _data: None)
+            console.start(stdin_feed if not args.deterministic else lambda _data: None)
         expect_timer = _expect_timer(args.expect_timeout, watch, machine)
         try:
             result = machine.run()
         finally:
             if expect_timer is not None:
                 expect_timer.cancel()
-            if args.serial == "stdio":
+            if stdin_feed is not None:
                 console.stop()
         rerun = rerun_settings(args.argv, args.backend, args.deterministic)
         report = fault_report(machine, result, rerun, replay=args.on_triple_fault == "replay")
@@ -235,6 +307,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         sys.stderr.write(f"emu: {reason} (exit status {status})\n")
     return status
+
+
+def _virtio_console_feed(args: argparse.Namespace, machine: Machine) -> Callable[[bytes], None] | None:
+    from emu.devices.virtio.slots import find_console
+
+    if args.virtio_console is None or args.virtio_console.target != "stdio":
+        return None
+    device = find_console(machine.virtio)
+    return device.feed if device is not None else None
 
 
 def _expect_timer(seconds: float | None, watch: ExpectWatch, machine: Machine) -> threading.Timer | None:

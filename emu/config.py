@@ -52,6 +52,24 @@ class DiskSpec:
 
 
 @dataclass
+class NetSpec:
+    """--net tap[=NAME][,mac=..][,transport=..]: a virtio-net NIC on a host tap interface."""
+
+    tap: str | None = None  # None: create emutapN (needs CAP_NET_ADMIN)
+    mac: bytes | None = None  # None: 52:54:00:12:34:56 + the NIC's index
+    transport: VirtioTransport | None = None  # None: the machine's default
+
+
+@dataclass
+class VirtioSpec:
+    """--rng / --virtio-console: a device with an optional transport (and, for the console, where
+    hvc0's output goes: "stdio" or a file path)."""
+
+    target: str = ""
+    transport: VirtioTransport | None = None
+
+
+@dataclass
 class MachineConfig:
     backend: BackendName = BackendName.UNICORN
     mem: int = 256 * layout.MiB
@@ -69,6 +87,9 @@ class MachineConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     snapshot: bool = False
     virtio_transport: VirtioTransport = VirtioTransport.MMIO  # for disks that name none
+    nets: list[NetSpec] = field(default_factory=list)
+    rng: VirtioSpec | None = None
+    virtio_console: VirtioSpec | None = None
     # Console and debug ports.
     serial_out: Path | None = None  # None: the console (stdio)
     debugcon: str = "stdio"  # stdio | none | a file path

@@ -199,7 +199,10 @@ class Machine:
         self.pci = PciHost(self.bus, self.set_irq)
         self.pci.register()
         self.devices.append(self.pci)
-        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci)
+        # Host data for virtio devices (tap frames, console input) is delivered on the vCPU
+        # thread through the timer queue, so device models stay single-threaded.
+        defer = lambda work: self.timers.add(self.clock.now_ns(), lambda _now: work())  # noqa: E731
+        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci, defer)
         self.pci.assign()
         self.devices += self.virtio
         if self.cfg.kernel is not None and self.virtio:

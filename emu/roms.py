@@ -16,4 +16,4 @@ def rom_path(name: str) -> Path:
     return path
 
 
-DEFAULT_GUEST = "demo.bin"
+DEFAULT_GUEST = "demo.img"  # `emu run` with no boot source: a disk the BIOS boots (roms/demo_disk.asm)

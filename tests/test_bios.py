@@ -19,7 +19,7 @@ import pytest
 from guests.backends import BACKEND_PARAMS, kvm_unavailable_reason, require
 
 from emu import layout
-from emu.config import BackendName, DiskSpec, MachineConfig
+from emu.config import BackendName, DiskSpec, MachineConfig, VirtioTransport
 from emu.errors import EmuError, ExitStatus
 from emu.machine import Machine
 from emu.tools.asm import assemble_file
@@ -159,7 +159,7 @@ e801: ah=3c cf=0 ax=3c00 bx=0100 cx=3c00 dx=0100 88h: ax=7c00
 c0h: ah=00 cf=0 es:bx=f000:e6f5 size=0008 model=fc features=74
 a20: on=01 ah=00 cf=0 off=00 ah=00 cf=0 on=01 support=0003
 apm: ah=86 cf=1 ec00: ah=00 cf=0 wait: ah=00 cf=0 c1h: es=9fc0
-1ah ticks: cx:dx=00123456 al=00 time: ah=00 cf=0 bcd date: ah=00 cf=0 bcd pci: ah=86 cf=1
+1ah ticks: cx:dx=00123456 al=00 time: ah=00 cf=0 bcd date: ah=00 cf=0 bcd pci: ah=00 cf=0
 10h 0f: ax=5003 bh=00 00: al=30 cursor=0100 shape=0607 after 13h=050d
 10h 08: ax=1f79 12: bx=0003 1a: ax=1a1a bx=0008 4f00: ax=0100
 16h 01: zf=0 ax=1e61 00: ax=1e61 10: ax=3062 up: ax=48e0 11: zf=1 02: al=00
@@ -179,6 +179,29 @@ floppy: dl=00 equip=0223
 02h across 64K: ah=09 cf=1 al=00 bda441=09
 02h sector 19: ah=01 cf=1
 floppy: done
+"""
+
+# The boot disk plus a transitional virtio-blk disk, which lands at 00:01.0 with its I/O BAR 0
+# (128 bytes) at 0xC001 and INTA on IRQ 14 (0Eh); the host bridge is 8086:1237 at 00:00.0.
+PCI_REPORT = """\
+b101: ah=00 cf=0 edx=20494350 al=01 bx=0210 cl=00 edi=00000000
+b102 1af4:1001 #0: ah=00 cf=0 bx=0008
+b102 1af4:1001 #1: ah=86 cf=1 bx=eeee
+b102 8086:1237 #0: ah=00 cf=0 bx=0000
+b102 ffff:1001 #0: ah=83 cf=1 bx=eeee
+b103 00010000 #0: ah=00 cf=0 bx=0008
+b103 ab060000 #0: ah=00 cf=0 bx=0000
+b103 00060000 #1: ah=86 cf=1 bx=eeee
+b103 000c0300 #0: ah=86 cf=1 bx=eeee
+cf8 kept: 80000810
+b106: ah=81 cf=1
+reads: ah=00 cf=0 cx=1af4 ah=00 cf=0 cx=1001 ah=00 cf=0 ecx=01000000 ah=00 cf=0 ecx=ffffff01 \
+ah=00 cf=0 cl=00 ah=00 cf=0 ecx=ffffffff
+bad: ah=87 cf=1 ah=87 cf=1 ah=87 cf=1 ah=87 cf=1 ah=81 cf=1
+b10b line=0b: ah=00 cf=0 ah=00 cf=0 cl=0b port=0000010b
+b10d bar0 sizing: ah=00 cf=0 ecx=0000c001 ah=00 cf=0 ah=00 cf=0 ecx=ffffff81 ah=00 cf=0 ecx=0000c001
+b10c command=0000: ah=00 cf=0 cx=0007 ah=00 cf=0 port=00100000 ah=00 cf=0 cx=0007
+pci: done
 """
 
 
@@ -224,6 +247,14 @@ def case_floppy(work: Path, backend: BackendName) -> Run:
     return run_disks(backend, [DiskSpec(disk, floppy=True)])
 
 
+def case_pci(work: Path, backend: BackendName) -> Run:
+    work.mkdir(parents=True, exist_ok=True)
+    other = work / "other.img"
+    other.write_bytes(bytes(1 << 20))
+    boot = DiskSpec(disk_image(work / "pci.img", "pci", 2048))
+    return run_disks(backend, [boot, DiskSpec(other, transport=VirtioTransport.PCI)])
+
+
 CASES: dict[str, Callable[[Path, BackendName], Run]] = {
     "boot": case_boot,
     "disk": case_disk,
@@ -231,6 +262,7 @@ CASES: dict[str, Callable[[Path, BackendName], Run]] = {
     "echo": case_echo,
     "floppy": case_floppy,
     "ticks": case_ticks,
+    "pci": case_pci,
 }
 REPORTS = {
     "boot": BOOT_REPORT,
@@ -239,6 +271,7 @@ REPORTS = {
     "echo": "echo: done\n",
     "floppy": FLOPPY_REPORT,
     "ticks": "ticks: advanced 3 times, int 1Ch calls >= 3: yes\n",
+    "pci": PCI_REPORT,
 }
 
 

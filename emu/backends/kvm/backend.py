@@ -600,6 +600,16 @@ class KvmBackend(Backend):
         irq.irq, irq.level = line, int(bool(level))
         ioctl(self._vm_fd, api.KVM_IRQ_LINE, irq, name="KVM_IRQ_LINE")
 
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* bits (ENABLE added when any is set),
+        `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py)."""
+        self._check_open()
+        dbg = ffi.new("struct kvm_guest_debug *")
+        dbg.control = control | api.KVM_GUESTDBG_ENABLE | self._guest_debug_flags if control else 0
+        for i, v in enumerate(debugreg or []):
+            dbg.arch.debugreg[i] = v
+        ioctl(self._vcpu_fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
+
     def step(self) -> Exit:
         self._check_open()
         dbg = ffi.new("struct kvm_guest_debug *")

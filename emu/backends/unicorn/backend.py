@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import unicorn
 from unicorn import x86_const as X
@@ -100,6 +101,8 @@ class UnicornBackend(Backend):
         self._add_hooks()
         self._kick = BlockKick(self.uc)
         self._stepping = False  # the last run was a step (the count hook is installed)
+        #: Called with every interrupt or exception before emu delivers it (the debugger).
+        self.on_event: Callable[[Event], None] | None = None
         # Virtual time (--deterministic): runs end at timer deadlines and interrupt-window polls
         # measured in executed code, never by host-time threads.
         self._virtual = False
@@ -247,6 +250,8 @@ class UnicornBackend(Backend):
         """Deliver `ev` in Python. `rip_bias`: what Unicorn adds to RIP after the hook returns
         (SYSCALL/SYSENTER hooks). False when delivery ended the run (triple fault, error)."""
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)  # Unicorn bug #1883: a stale value fakes a #DF later
+        if self.on_event is not None:
+            self.on_event(ev)  # the debugger's catchpoints (emu/debugger/unicorn_engine.py)
         rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
         state = self._state_from_raw(raw, rflags)
         try:
@@ -283,6 +288,11 @@ class UnicornBackend(Backend):
     def _stop_with(self, exit_: Exit) -> None:
         self._pending = exit_
         self.uc.emu_stop()
+
+    def debug_stop(self, exit_: Exit) -> None:
+        """From a hook the debugger added: end the run with `exit_` (a code hook's stop lands
+        before the instruction it was called for)."""
+        self._stop_with(exit_)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> Exit:

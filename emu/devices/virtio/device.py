@@ -153,13 +153,26 @@ class VirtioDevice:
         if not q.ready:
             self.fail(f"queue {index} notified before it was set up")
             return
+        self.guarded(lambda: self.process(q))
+
+    def process(self, q: Virtqueue) -> None:
+        """Serve a notified queue: by default every available chain goes through `handle()`.
+        Devices whose queues wait for host data (net and console receive queues) override it."""
+        while (chain := q.pop()) is not None:
+            q.push(chain.head, self.handle(q, chain))
+        if q.need_interrupt():
+            self.raise_isr(ISR_USED_BUFFER)
+
+    def guarded(self, work: Callable[[], None]) -> None:
+        """Run queue work; a guest mistake found on the way puts the device into NEEDS_RESET."""
         try:
-            while (chain := q.pop()) is not None:
-                q.push(chain.head, self.handle(q, chain))
-            if q.need_interrupt():
-                self.raise_isr(ISR_USED_BUFFER)
+            work()
         except (VirtqueueError, GuestMemoryError) as e:
             self.fail(str(e))
+
+    def queue_live(self, index: int) -> bool:
+        """Can the device put host data (a packet, console input) into queue `index` now?"""
+        return not self.broken and bool(self.status & Status.DRIVER_OK) and self.queues[index].ready
 
     # -- interrupts -------------------------------------------------------------------------------
     def raise_isr(self, bits: int) -> None:

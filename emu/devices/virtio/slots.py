@@ -1,20 +1,29 @@
-"""Which disks become virtio devices, and where they sit: virtio-mmio slots and their IRQs
-(emu/layout.py) or PCI slots, and the kernel command-line words that announce the virtio-mmio
-ones to Linux."""
+"""Which disks, NICs, the rng and the console become virtio devices, and where they sit:
+virtio-mmio slots and their IRQs (emu/layout.py) or PCI slots, and the kernel command-line words
+that announce the virtio-mmio ones to Linux."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from emu import layout
 from emu.bus import Bus
-from emu.config import DiskSpec, MachineConfig, VirtioTransport
+from emu.config import DiskSpec, MachineConfig, NetSpec, VirtioTransport
 from emu.devices.diskimage import DiskImage
 from emu.devices.pci.host import PciHost, intx_irq
 from emu.devices.virtio.blk import VirtioBlk
+from emu.devices.virtio.console import VirtioConsole
+from emu.devices.virtio.device import VirtioDevice
+from emu.devices.virtio.inbox import Defer, run_now
 from emu.devices.virtio.mmio import VirtioMmio
+from emu.devices.virtio.net import TapLink, VirtioNet
 from emu.devices.virtio.pci import PciMode, VirtioPci
+from emu.devices.virtio.rng import VirtioRng, seeded_source
+from emu.devices.virtio.tap import default_mac, open_tap
 from emu.errors import EmuError
 from emu.memory import GuestMemory
 
@@ -41,46 +50,107 @@ _PCI_MODES = {VirtioTransport.PCI: PciMode.TRANSITIONAL, VirtioTransport.PCI_LEG
               VirtioTransport.PCI_MODERN: PciMode.MODERN}  # fmt: skip
 
 
+@dataclass
+class _Request:
+    """One virtio device to create: its transport and a factory (called once slots are checked)."""
+
+    transport: VirtioTransport
+    make: Callable[[], VirtioDevice]
+    what: str  # for the debug line: the disk, tap or sink behind it
+
+
+def _requests(cfg: MachineConfig, memory: GuestMemory, defer: Defer) -> list[_Request]:
+    default = cfg.virtio_transport
+    reqs: list[_Request] = []
+    for spec in virtio_disks(cfg):
+        if spec.floppy:
+            raise EmuError(f"disk {spec.path}: a floppy is a BIOS drive; it cannot be a virtio disk")
+
+        def make_blk(spec: DiskSpec = spec) -> VirtioDevice:
+            disk = DiskImage(spec.path, spec.readonly, cfg.snapshot)
+            return VirtioBlk(memory, disk)
+
+        ro = " (read-only)" if spec.readonly else ""
+        reqs.append(_Request(spec.transport or default, make_blk, f"{spec.path}{ro}"))
+    if cfg.nets and cfg.deterministic:
+        raise EmuError("--net cannot be used with --deterministic (frames arrive at host times)")
+    for i, net in enumerate(cfg.nets):
+
+        def make_net(net: NetSpec = net, i: int = i) -> VirtioDevice:
+            fd, name = open_tap(net.tap)
+            if net.tap is None:
+                log.info("created tap interface %s", name)
+            return VirtioNet(memory, TapLink(fd, name), net.mac or default_mac(i), defer)
+
+        reqs.append(_Request(net.transport or default, make_net, f"tap {net.tap or 'emutapN'}"))
+    if cfg.rng is not None:
+        # A deterministic run must see the same "random" bytes every time.
+        source = seeded_source() if cfg.deterministic else os.urandom
+        reqs.append(_Request(cfg.rng.transport or default, lambda: VirtioRng(memory, source), "host entropy"))
+    if cfg.virtio_console is not None:
+        spec_c = cfg.virtio_console
+        reqs.append(_Request(spec_c.transport or default, lambda: VirtioConsole(memory, *_sink(spec_c.target), defer),
+                             f"hvc0 -> {spec_c.target}"))  # fmt: skip
+    return reqs
+
+
+def _sink(target: str) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    """(write, close) for virtio-console output: stdout, or a file created (truncated) now."""
+    if target == "stdio":
+
+        def to_stdout(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+        return to_stdout, lambda: None
+    try:
+        f = open(target, "wb", buffering=0)  # noqa: SIM115 - closed with the device
+    except OSError as e:
+        raise EmuError(f"--virtio-console {target}: {e.strerror}") from None
+    return f.write, f.close
+
+
 def attach_virtio(
-    cfg: MachineConfig, memory: GuestMemory, bus: Bus, set_irq: SetIrq, pci: PciHost | None = None
+    cfg: MachineConfig,
+    memory: GuestMemory,
+    bus: Bus,
+    set_irq: SetIrq,
+    pci: PciHost | None = None,
+    defer: Defer = run_now,
 ) -> list[Transport]:
     """Create the machine's virtio devices on their transports: virtio-mmio ones registered on
-    the bus, virtio-pci ones plugged into `pci` (whose `assign()` then maps their BARs)."""
-    specs = virtio_disks(cfg)
-    transports = [spec.transport or cfg.virtio_transport for spec in specs]
-    mmio_count = sum(t not in _PCI_MODES for t in transports)
+    the bus, virtio-pci ones plugged into `pci` (whose `assign()` then maps their BARs). `defer`
+    runs host-data deliveries (network frames, console input) on the vCPU thread."""
+    reqs = _requests(cfg, memory, defer)
+    mmio_count = sum(r.transport not in _PCI_MODES for r in reqs)
     if mmio_count > len(layout.VIRTIO_MMIO_IRQS):
-        raise EmuError(f"{mmio_count} virtio-mmio disks given: emu has {len(layout.VIRTIO_MMIO_IRQS)} slots")
-    if pci is None and mmio_count < len(specs):
+        raise EmuError(f"{mmio_count} virtio-mmio devices given: emu has {len(layout.VIRTIO_MMIO_IRQS)} slots")
+    if pci is None and mmio_count < len(reqs):
         raise EmuError("virtio-pci needs the PCI host bridge")
     devices: list[Transport] = []
     slot = 0
     try:
-        for spec, transport in zip(specs, transports, strict=True):
-            if spec.floppy:
-                raise EmuError(f"disk {spec.path}: a floppy is a BIOS drive; it cannot be a virtio disk")
-            disk = DiskImage(spec.path, spec.readonly, cfg.snapshot)
-            blk = VirtioBlk(memory, disk)
+        for req in reqs:
+            device = req.make()
             where: str
             dev: Transport
-            if transport in _PCI_MODES:
+            if req.transport in _PCI_MODES:
                 assert pci is not None
-                dev = VirtioPci(blk, _PCI_MODES[transport])
+                dev = VirtioPci(device, _PCI_MODES[req.transport])
                 devices.append(dev)
                 number = pci.plug(dev)
-                blk.label = f"virtio-{dev.kind} 00:{number:02x}.0 {blk.name}"
+                device.label = f"virtio-{dev.kind} 00:{number:02x}.0 {device.name}"
                 where = f"PCI 00:{number:02x}.0 INT{'ABCD'[dev.intx_pin - 1]} -> irq {intx_irq(number, dev.intx_pin)}"
             else:
                 base = layout.VIRTIO_MMIO_BASE + slot * layout.VIRTIO_MMIO_SLOT_SIZE
                 irq = layout.VIRTIO_MMIO_IRQS[slot]
                 slot += 1
                 irq_line = (lambda line: lambda level: set_irq(line, level))(irq)
-                dev = VirtioMmio(blk, base, irq, irq_line, legacy=transport is VirtioTransport.MMIO_LEGACY)
+                dev = VirtioMmio(device, base, irq, irq_line, legacy=req.transport is VirtioTransport.MMIO_LEGACY)
                 devices.append(dev)
                 dev.register(bus)
                 where = f"irq {irq}"
-            ro = " (read-only)" if spec.readonly else ""
-            log.debug("%s %s: %s, %d sectors%s", blk.label, where, spec.path, disk.sectors, ro)
+            log.debug("%s %s: %s", device.label, where, req.what)
     except BaseException:
         close_virtio(devices)
         raise
@@ -92,6 +162,14 @@ def close_virtio(devices: list[Transport]) -> None:
         disk = getattr(dev.device, "disk", None)
         if disk is not None:
             disk.close()
+        close = getattr(dev.device, "close", None)
+        if close is not None:
+            close()
+
+
+def find_console(devices: list[Transport]) -> VirtioConsole | None:
+    """The machine's virtio-console device (its `feed` takes host input), if it has one."""
+    return next((d.device for d in devices if isinstance(d.device, VirtioConsole)), None)
 
 
 def kernel_cmdline(cmdline: str, devices: list[Transport]) -> str:

@@ -85,7 +85,7 @@ class Clock:
             self._set(r, ((REG_HOURS, r.ch), (REG_MINUTES, r.cl), (REG_SECONDS, r.dh)))
         elif ah == 0x05:
             self._set(r, ((REG_CENTURY, r.ch), (REG_YEAR, r.cl), (REG_MONTH, r.dh), (REG_DAY, r.dl)))
-        else:  # B1xxh PCI BIOS (no PCI bus yet) and the rest
+        else:  # AH=B1h (the PCI BIOS) never gets here: see pci.py
             r.fail(UNSUPPORTED)
 
     def _time(self, r: Regs) -> None:

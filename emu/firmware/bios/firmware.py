@@ -15,6 +15,7 @@ from emu.firmware.bios.clock import Clock
 from emu.firmware.bios.disk import SECTOR, Disk
 from emu.firmware.bios.disk_services import DiskServices
 from emu.firmware.bios.keyboard import Keyboard
+from emu.firmware.bios.pci import PCI_FUNCTION_ID, PciBios
 from emu.firmware.bios.regs import Regs
 from emu.firmware.bios.system import SystemServices
 from emu.firmware.bios.video import ConsoleEcho, Video
@@ -86,12 +87,16 @@ class Bios:
         self.system = SystemServices(mem, host.set_a20, host.a20)
         self.keyboard = Keyboard(mem, bus)
         self.clock = Clock(mem, bus)
+        self.pci = PciBios(bus)
         self.calls = 0
         self._services: dict[int, Callable[[Regs], None]] = {
             0x10: self.video.service, 0x11: self.system.equipment, 0x12: self.system.memory_size,
             0x13: self.disk_services.service, 0x15: self.system.service, 0x16: self.keyboard.service,
-            0x1A: self.clock.service,
+            0x1A: self._int1a,
         }  # fmt: skip
+
+    def _int1a(self, r: Regs) -> None:
+        (self.pci.service if r.ah == PCI_FUNCTION_ID else self.clock.service)(r)
 
     def _to_console(self, data: bytes) -> None:
         for sink in self.host.console:

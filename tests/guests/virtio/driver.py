@@ -134,3 +134,61 @@ class MmioDriver:
         self.put_descs(descs)
         self.kick()
         return self.mem.read_u8(st), self.mem.read(buf, read_len)
+
+
+class Ring:
+    """One virtqueue of a multi-queue device (net, console) set up by an MmioDriver at `base`:
+    descriptor table, avail ring and used ring one page apart. Descriptors are used in order."""
+
+    def __init__(self, drv: MmioDriver, index: int, base: int, qsize: int = 8) -> None:
+        self.drv, self.index, self.qsize = drv, index, qsize
+        self.desc, self.avail, self.used = base, base + 0x1000, base + 0x2000
+        self.avail_idx = self.next_desc = self.seen_used = 0
+        drv.mem.fill(base, 0x3000)
+        drv.w(QSEL, index)
+        drv.w(QNUM, qsize)
+        if drv.r(VERSION) == 2:
+            for reg, addr in ((QDESC, self.desc), (QDRIVER, self.avail), (QDEVICE, self.used)):
+                drv.w(reg, addr & 0xFFFF_FFFF)
+                drv.w(reg + 4, addr >> 32)
+            drv.w(QREADY, 1)
+        else:  # legacy: one block; the used ring at the next page
+            drv.w(PAGESIZE, 4096)
+            drv.w(QALIGN, 4096)
+            self.avail = self.desc + 16 * qsize
+            self.used = (self.avail + 6 + 2 * qsize + 4095) & ~4095
+            drv.w(QPFN, self.desc >> 12)
+
+    def post(self, buffers: list[tuple[int, int, bool]], notify: bool = True) -> int:
+        """Queue one chain of (addr, length, device-writable) buffers; returns its head."""
+        head = self.next_desc
+        for n, (addr, length, writable) in enumerate(buffers):
+            i = (head + n) % self.qsize
+            last = n == len(buffers) - 1
+            flags = (0 if last else NEXT) | (WRITE if writable else 0)
+            self.drv.mem.write(self.desc + 16 * i, Desc(addr, length, flags, (i + 1) % self.qsize).pack())
+        self.next_desc = (head + len(buffers)) % self.qsize
+        self.drv.mem.write_u16(self.avail + 4 + 2 * (self.avail_idx % self.qsize), head)
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self.drv.mem.write_u16(self.avail + 2, self.avail_idx)
+        if notify:
+            self.drv.w(NOTIFY, self.index)
+        return head
+
+    def completed(self) -> list[tuple[int, int]]:
+        """(head, length) of every chain the device returned since the last call."""
+        out = []
+        idx = self.drv.mem.read_u16(self.used + 2)
+        while self.seen_used != idx:
+            slot = self.seen_used % self.qsize
+            out.append(struct.unpack("<II", self.drv.mem.read(self.used + 4 + 8 * slot, 8)))
+            self.seen_used = (self.seen_used + 1) & 0xFFFF
+        return out
+
+
+def start_multi(drv: MmioDriver, features: int | None = None, queues: int = 2, qsize: int = 8) -> list[Ring]:
+    """Negotiate, set up `queues` rings (at RING + 0x4000 * n), DRIVER_OK."""
+    drv.negotiate(features)
+    rings = [Ring(drv, n, RING + 0x4000 * n, qsize) for n in range(queues)]
+    drv.w(STATUS, drv.status | DRIVER_OK)
+    return rings

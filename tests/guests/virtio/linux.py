@@ -1,5 +1,7 @@
-"""An initramfs for Debian's cloud kernel that loads its virtio modules (from the kernel .deb the
-Linux guest was built from), then checksums /dev/vda and writes a marker sector to /dev/vdb.
+"""Initramfs images for Debian's cloud kernel that load its virtio modules (from the kernel .deb the
+Linux guest was built from). `virtio_initramfs`: checksums /dev/vda and writes a marker sector to
+/dev/vdb. `devices_initramfs`: reads /dev/hwrng, writes to hvc0 and, when eth0 exists, configures
+it, pings the host side and moves 10 MiB over TCP each way (tests/test_virtio_net_linux.py).
 
 Built into .cache/guests/virtio/ once (stamped by the module list and the /init script). Used by
 tests/test_virtio_linux.py over virtio-pci: Debian's cloud kernel has no
@@ -63,19 +65,26 @@ poweroff -f
 """
 
 
-def _extract_modules(deb: Path, version: str, into: Path) -> list[Path]:
-    members = [f"./lib/modules/{version}/kernel/{m}" for m in MODULES]
+def _extract_modules(deb: Path, version: str, into: Path, modules: tuple[str, ...] = MODULES) -> list[Path]:
+    members = [f"./lib/modules/{version}/kernel/{m}" for m in modules]
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as tar_in:
         subprocess.run(["tar", "-x", "-C", str(into), *members], stdin=tar_in.stdout, check=True)
     return [into / m for m in members]
 
 
 def virtio_initramfs(guest: LinuxGuest) -> Path:
-    """The cached initramfs (built on first use from the cached kernel .deb)."""
+    """The cached virtio-blk initramfs (built on first use from the cached kernel .deb)."""
+    return build_initramfs(guest, "initramfs-virtio.cpio", INIT, MODULES, APPLETS)
+
+
+def build_initramfs(
+    guest: LinuxGuest, name: str, init: str, modules: tuple[str, ...], applets: tuple[str, ...]
+) -> Path:
+    """tests/../.cache/guests/virtio/NAME: busybox with `applets`, `modules` from the kernel .deb, /init."""
     out_dir = CACHE_DIR / "virtio"
-    out = out_dir / "initramfs-virtio.cpio"
-    stamp = out_dir / "stamp"
-    recipe = f"{guest.version}\n{INIT}\n{MODULES}\n{APPLETS}"
+    out = out_dir / name
+    stamp = out_dir / f"{name}.stamp"
+    recipe = f"{guest.version}\n{init}\n{modules}\n{applets}"
     if out.exists() and stamp.exists() and stamp.read_text() == recipe:
         return out
     debs = sorted((CACHE_DIR / "debs").glob(f"linux-image-{guest.version}_*.deb"))
@@ -83,15 +92,15 @@ def virtio_initramfs(guest: LinuxGuest) -> Path:
         raise FileNotFoundError(f"no cached linux-image-{guest.version} .deb or no dpkg-deb")
     busybox = (CACHE_DIR / "busybox").read_bytes()
     with tempfile.TemporaryDirectory(prefix="emu-virtio-") as tmp:
-        kos = _extract_modules(debs[-1], guest.version, Path(tmp))
+        kos = _extract_modules(debs[-1], guest.version, Path(tmp), modules)
         entries = [
             cpio.directory("bin"), cpio.directory("dev"), cpio.directory("proc"), cpio.directory("sys"),
-            cpio.directory("lib"), cpio.directory("lib/modules"),
+            cpio.directory("lib"), cpio.directory("lib/modules"), cpio.directory("tmp"),
             cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666),
             cpio.file("bin/busybox", busybox, 0o755),
-            *(cpio.symlink(f"bin/{a}", "busybox") for a in APPLETS),
+            *(cpio.symlink(f"bin/{a}", "busybox") for a in applets),
             *(cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in kos),
-            cpio.file("init", INIT.encode(), 0o755),
+            cpio.file("init", init.encode(), 0o755),
         ]  # fmt: skip
         data = cpio.write_newc(entries)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,3 +109,54 @@ def virtio_initramfs(guest: LinuxGuest) -> Path:
     tmp_out.replace(out)
     stamp.write_text(recipe)
     return out
+
+
+# rng, console and net: the rest of the load order in ../shared/notes/boot-facts.md.
+DEVICE_MODULES = (
+    *MODULES[:6],
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+    "drivers/char/virtio_console.ko",
+)
+DEVICE_APPLETS = (*APPLETS, "ip", "ping", "nc", "wget", "wc", "tr", "mkdir")
+HVC_TEXT = "EMU-HVC written by linux to /dev/hvc0"
+GUEST_IP, HOST_IP = "10.0.2.15", "10.0.2.1"
+HTTP_PORT, SINK_PORT = 8000, 8001  # the host serves /blob on the first, swallows uploads on the second
+NET_BYTES = 10 * 1024 * 1024
+
+DEVICES_INIT = rf"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo EMU-DEVICES-START
+for m in {" ".join(Path(m).name for m in DEVICE_MODULES)}; do
+    insmod /lib/modules/$m || echo "EMU-VIRTIO-WARN insmod $m failed"
+done
+n=0
+while {{ [ ! -c /dev/hwrng ] || [ ! -c /dev/hvc0 ]; }} && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+echo "EMU-RNG-CURRENT $(cat /sys/class/misc/hw_random/rng_current)"
+# 4096 bytes from the device; all-zero bytes would mean the buffers were never filled.
+echo "EMU-RNG-NONZERO $(head -c 4096 /dev/hwrng | tr -d '\000' | wc -c)"
+echo "{HVC_TEXT}" > /dev/hvc0 || echo "EMU-VIRTIO-WARN hvc0 write failed"
+if [ -e /sys/class/net/eth0 ]; then
+    echo "EMU-NET-MAC $(cat /sys/class/net/eth0/address)"
+    ip link set lo up
+    ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up || echo "EMU-VIRTIO-WARN eth0 setup failed"
+    ping -c 3 -W 5 {HOST_IP} >/dev/null && echo EMU-PING-OK || echo "EMU-VIRTIO-WARN ping failed"
+    echo "EMU-RX-SHA256 $(wget -q -O - http://{HOST_IP}:{HTTP_PORT}/blob | sha256sum)"
+    dd if=/dev/urandom of=/tmp/tx bs=1048576 count={NET_BYTES >> 20} 2>/dev/null
+    echo "EMU-TX-SHA256 $(sha256sum /tmp/tx)"
+    nc {HOST_IP} {SINK_PORT} < /tmp/tx || echo "EMU-VIRTIO-WARN nc failed"
+    grep -E 'virtio|eth0' /proc/interrupts | while read -r line; do echo "EMU-IRQ $line"; done
+fi
+echo EMU-DEVICES-DONE
+poweroff -f
+"""
+
+
+def devices_initramfs(guest: LinuxGuest) -> Path:
+    """The cached rng/console/net initramfs."""
+    return build_initramfs(guest, "initramfs-devices.cpio", DEVICES_INIT, DEVICE_MODULES, DEVICE_APPLETS)

@@ -1,0 +1,88 @@
+"""`emu debug`: the boot options of `emu run`, paused at the first instruction, driven by a script
+of debugger commands (`--script FILE`, or `-` for stdin). The terminal UI comes later."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Any
+
+from emu.errors import EmuError, ExitStatus
+
+log = logging.getLogger("emu.debugger")
+
+DEBUG_HELP = """exit statuses:
+  0     every command of the script ran (the guest may have ended on the way: the script goes on
+        with its views)
+  2     bad usage, or a script command failed (unknown command, bad argument, a feature the
+        backend does not have): one `emu: error: line N: ...` line on stderr, the rest is skipped
+  70    emulator error (e.g. an unusable /dev/kvm with --backend kvm)
+
+commands (gdb names and short forms, Bochs extras):
+"""
+NO_TUI = (
+    "emu: the debugger's terminal UI is not built yet; run commands headless with --script FILE "
+    "(or --script - to read them from stdin); `help` in a script lists them"
+)
+
+
+def add_debug_parser(sub: Any, run: argparse.ArgumentParser) -> None:
+    from emu.debugger.script import COMMANDS
+
+    debug = sub.add_parser(
+        "debug",
+        help="debug a machine from its first instruction (script mode: --script)",
+        description="Build the machine `emu run` would boot with the same options, paused at its first "
+        "instruction, and run debugger commands on it. Options that only shape a run's end (--expect, "
+        "--report, --timeout, --on-triple-fault) are accepted and ignored.",
+        epilog=DEBUG_HELP + COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        conflict_handler="resolve",
+    )
+    debug._add_container_actions(run)  # the same boot options as `emu run` (what argparse's parents= does)
+    debug.add_argument("--script", metavar="FILE|-", help="run debugger commands from FILE (- for stdin) and exit")
+    debug.set_defaults(handler=cmd_debug)
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    from emu.cli import config_from_args
+    from emu.debugger.script import ScriptError, ScriptRunner
+    from emu.debugger.session import DebugSession
+
+    if args.script is None:
+        sys.stderr.write(NO_TUI + "\n")
+        return ExitStatus.USAGE
+    if args.script == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(args.script, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise EmuError(f"--script {args.script}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise EmuError(f"--script {args.script}: not a text file") from None
+    cfg = config_from_args(args)
+    session = DebugSession.open(cfg)
+    try:
+        runner = ScriptRunner(session, sys.stdout)
+        try:
+            runner.run(lines)
+        except ScriptError as e:
+            sys.stdout.flush()
+            sys.stderr.write(f"emu: error: {e}\n")
+            return ExitStatus.USAGE
+        except EmuError:
+            raise
+        except Exception as e:  # a bug in emu: one line, never a traceback
+            log.debug("internal error\n%s", traceback.format_exc())
+            sys.stdout.flush()
+            sys.stderr.write(f"emu: error: internal error: {type(e).__name__}: {e}\n")
+            return ExitStatus.SOFTWARE
+    finally:
+        session.close()
+    sys.stdout.flush()
+    return ExitStatus.OK

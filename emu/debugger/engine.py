@@ -1,0 +1,92 @@
+"""What the session asks a backend engine to do in one run, and what an engine reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emu.debugger.stops import Breakpoint, Catchpoint, StopKind, Watchpoint
+
+
+@dataclass
+class Points:
+    """The session's breakpoints, watchpoints and catchpoints, by number (engines read them)."""
+
+    breakpoints: dict[int, Breakpoint] = field(default_factory=dict)
+    watchpoints: dict[int, Watchpoint] = field(default_factory=dict)
+    catchpoints: dict[int, Catchpoint] = field(default_factory=dict)
+
+
+@dataclass
+class RunPlan:
+    limit: int | None = None  # stop after this many instructions
+    limit_kind: StopKind = StopKind.STEP  # STEP for stepi, COUNT for `continue N`
+    until: int | None = None  # linear address to stop at before executing it
+    until_sp: int | None = None  # nexti: only stop at `until` when RSP is at least this again
+    use_breakpoints: bool = True  # stepi ignores breakpoints between its steps
+
+
+@dataclass
+class Hit:
+    """A stop an engine found; the session turns it into a Stop with the CPU state."""
+
+    kind: StopKind
+    message: str
+    number: int | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+# Opcode classes whose effect the careful engines check after the instruction (see classify()).
+_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_MODE_0F = frozenset({0x05, 0x07, 0x34, 0x35, 0xAA})  # syscall sysret sysenter sysexit rsm
+_MODE_1 = frozenset({0xEA, 0x9A, 0xCA, 0xCB, 0xCF})  # far jmp/call, retf, iret
+
+
+def classify(code: bytes, bits: int) -> str | None:
+    """What an instruction may change that the debugger watches: "cr0".."cr8" (mov to CRn, lmsw,
+    clts), "wrmsr", "mode" (far transfers, iret, syscall family), "invlpg", or None. Every such
+    instruction ends a translation block in QEMU, and they are rare, so checking after them is
+    cheap."""
+    i, rex = 0, 0
+    while i < len(code) and (code[i] in _PREFIXES or (bits == 64 and 0x40 <= code[i] <= 0x4F)):
+        if 0x40 <= code[i] <= 0x4F:
+            rex = code[i]
+        i += 1
+    op = code[i : i + 3]
+    if not op:
+        return None
+    if op[0] == 0x0F and len(op) >= 2:
+        b1 = op[1]
+        if b1 == 0x22 and len(op) == 3:
+            return f"cr{(op[2] >> 3 & 7) | (8 if rex & 4 else 0)}"
+        if b1 == 0x06:
+            return "cr0"  # clts
+        if b1 == 0x01 and len(op) == 3:
+            reg = op[2] >> 3 & 7
+            if reg == 6:
+                return "cr0"  # lmsw
+            if reg == 7 and op[2] >> 6 != 3:
+                return "invlpg"
+        if b1 == 0x30:
+            return "wrmsr"
+        if b1 in _MODE_0F:
+            return "mode"
+        return None
+    if op[0] in _MODE_1 and not (bits == 64 and op[0] in (0xEA, 0x9A)):
+        return "mode"
+    if op[0] == 0xFF and len(op) >= 2 and (op[1] >> 3 & 7) in (3, 5):
+        return "mode"
+    return None
+
+
+def call_length(code: bytes, bits: int) -> int | None:
+    """The length of a `call` or `int n`/`int3`/`into` at the start of `code` (what nexti steps
+    over), else None; decoded with capstone in the given code size."""
+    from emu.cpu.disasm import disassemble
+
+    insns = disassemble(code, 0, bits, 1)
+    if not insns or insns[0].text == "(bad)":
+        return None
+    mnemonic = insns[0].text.split()[0]
+    if mnemonic in ("call", "lcall", "int", "int3", "into", "int1"):
+        return len(insns[0].data)
+    return None

@@ -1,0 +1,159 @@
+"""`emu debug --script` as a user meets it: gdb-named commands on the debug test guest print their
+results; a bad command is one error line with status 2; without --script, one line about the TUI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from guests.backends import BACKEND_PARAMS, require
+
+from emu.config import BackendName
+from emu.errors import ExitStatus
+from emu.tools.asm import assemble_file
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST = Path(__file__).parent / "guests" / "debug" / "modes.asm"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("debug") / "modes.bin"
+    path.write_bytes(assemble_file(GUEST))
+    return path
+
+
+def emu_debug(*args: str, script: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    extra = ["--script", "-"] if script is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "emu.cli", "debug", *args, *extra],
+        cwd=REPO, input=script or "", capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+SCRIPT = """\
+info mode
+si 3                      # a comment
+b 0:8030
+c
+ni
+p $rbx
+catch mode
+c
+c
+delete
+until 0x8200
+info mode
+info gdt
+page 0x8240
+x/2xw 0x8000
+xp/1xb 0x8000
+info break
+tbreak 0x8240 if dword [0x700] == 2
+c
+info vga
+c
+info serial
+"""
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_script_walks_the_guest_through_its_modes(image: Path, backend: BackendName) -> None:
+    require(backend)
+    p = emu_debug("--backend", backend.value, "--image", str(image), "--load-addr", "0x8000", script=SCRIPT)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    expected = [
+        "real (16-bit code), paging off, CPL 0",
+        "stopped (step, 3 instructions): 3 instructions executed",
+        "=> 0000:8005 [real]",
+        "breakpoint 1 at linear 0x8030 (0:8030)",
+        "stopped (breakpoint): breakpoint 1 at 0:8030",
+        "=> 0000:8030 [real]  0x8030: e8 64 00",
+        "stepped over the call to 0x8033",
+        "$rbx = 0x7 (7)",
+        "catchpoint 2: mode real -> protected16",
+        "catchpoint 2: mode protected16 -> protected32",
+        "stopped (until",
+        "long64 (64-bit code), paging on, CPL 0",
+        "code segment 64-bit, readable",
+        "PD    table 0x3000 [  0] = 0x00000000000000a3 [P W A PS]",
+        "-> physical 0x8240 (2048 KiB page",
+        "0x8000:  0x8ec031fa  0x8ec08ed8",
+        "p:0x8000:  0xfa",
+        "temporary breakpoint 3 at linear 0x8240 (0x8240) if dword [0x700] == 2",
+        "stopped (breakpoint",
+        "OK",
+        "stopped (halted",
+        "exit status 0): guest halted with interrupts disabled",
+        "RPL",
+    ]
+    pos = 0
+    for line in expected:
+        found = out.find(line, pos)
+        assert found >= 0, f"missing (in order) {line!r} in:\n{out}"
+        pos = found + len(line)
+    assert p.stderr == ""
+
+
+def test_unicorn_only_commands(image: Path) -> None:
+    script = "catch exception 6\nc\nsi 4\nrsi 2\ninfo history 2\n"
+    p = emu_debug("--image", str(image), "--load-addr", "0x8000", script=script)
+    assert p.returncode == 0, p.stderr
+    assert "catchpoint 1: exception 0x6 (UD) delivered" in p.stdout
+    assert "stopped (step): stepped back 2 instructions" in p.stdout
+    assert "history (last 2, oldest first):" in p.stdout
+
+
+def test_kvm_reports_what_it_cannot_do(image: Path) -> None:
+    require(BackendName.KVM)
+    p = emu_debug("--backend", "kvm", "--image", str(image), "--load-addr", "0x8000", script="si\ncatch interrupt\n")
+    assert p.returncode == ExitStatus.USAGE
+    assert p.stderr.strip() == (
+        "emu: error: line 2: catch interrupt: catch interrupt: KVM delivers interrupts inside the kernel "
+        "(in-kernel irqchip)"
+    )
+    assert "stopped (step, 1 instruction)" in p.stdout  # the lines before it ran
+
+
+@pytest.mark.parametrize(
+    ("script", "words"),
+    [
+        ("si\nfrobnicate\nsi\n", ("line 2: frobnicate", "unknown command")),
+        ("b\n", ("line 1", "break needs a location")),
+        ("b 0x8000 if rax ==\n", ("line 1", "expected more")),
+        ("x/4zw 0x8000\n", ("line 1", "bad format")),
+        ("si 0\n", ("line 1", "at least 1")),
+        ("watch 0x600 0\n", ("line 1", "at least 1")),
+        ("catch exception\n", ("line 1", "needs a vector")),
+        ("delete 9\n", ("line 1", "no breakpoint, watchpoint or catchpoint number 9")),
+        ("until 0x8200\nx/4xw 0x40000000\n", ("line 2", "cannot read 16 bytes at linear 0x40000000", "PDPT")),
+    ],
+)
+def test_bad_commands_are_one_error_line(image: Path, script: str, words: tuple[str, ...]) -> None:
+    p = emu_debug("--image", str(image), "--load-addr", "0x8000", script=script)
+    assert p.returncode == ExitStatus.USAGE
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emu: error: "), p.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+def test_without_script_points_to_it(image: Path) -> None:
+    p = emu_debug("--image", str(image))
+    assert p.returncode == ExitStatus.USAGE
+    assert p.stderr.strip().splitlines() == [
+        "emu: the debugger's terminal UI is not built yet; run commands headless with --script FILE "
+        "(or --script - to read them from stdin); `help` in a script lists them"
+    ]
+
+
+def test_missing_script_file(image: Path, tmp_path: Path) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "debug", "--image", str(image), "--script", str(tmp_path / "nope")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == ExitStatus.USAGE
+    assert p.stderr.strip() == f"emu: error: --script {tmp_path / 'nope'}: No such file or directory"
