@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.linux_qemu import time_boot
 from emu.tools.bootloaders import (
     GRUB_BANNER,
     GRUB_LOADING,
@@ -58,37 +55,6 @@ def marks_for(boot: Boot) -> dict[str, bytes]:
     if boot is not Boot.SYSLINUX:
         marks["grub"] = GRUB_BANNER.encode()
     return marks
-
-
-def time_marks(cmd: list[str], marks: dict[str, bytes], timeout: float) -> dict[str, float]:
-    """Run `cmd`; host seconds from start to the first output of each mark (timed as the bytes
-    arrive, not at the end of their line), to exit ("exit"), and the exit status ("status")."""
-    found: dict[str, float] = {}
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    watchdog = threading.Timer(timeout, proc.kill)  # a silent hang would block the reads
-    watchdog.start()
-    seen = b""
-    keep = max(len(m) for m in marks.values())
-    try:
-        fd = proc.stdout.fileno()
-        while chunk := os.read(fd, 1 << 16):
-            now = time.monotonic() - t0
-            window = seen + chunk
-            for name, mark in marks.items():
-                if name not in found and mark in window:
-                    found[name] = now
-            seen = window[-keep:]  # a mark split across two reads is still found
-        proc.wait()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    found["exit"] = time.monotonic() - t0
-    found["status"] = proc.returncode
-    return found
 
 
 def emu_command(image: Path) -> list[str]:
@@ -142,7 +108,7 @@ def main() -> int:
     print("-" * len(header))
     results: dict[tuple[str, Boot], dict[str, float]] = {}
     for row in rows:
-        runs = [time_marks(row.cmd, marks_for(row.boot), TIMEOUT_S + 30) for _ in range(args.runs)]
+        runs = [time_boot(row.cmd, TIMEOUT_S + 30, marks_for(row.boot)) for _ in range(args.runs)]
         res = {c: best(runs, c) for c in COLUMNS}
         results[(row.tool, row.boot)] = res
         print(f"{row.tool:<18}{row.boot.value:<14}" + "".join(cell(res[c]) for c in COLUMNS)

@@ -57,36 +57,54 @@ def qemu_command(guest: LinuxGuest, cmdline: str | None = None, *, pvh: bool = F
     ]  # fmt: skip
 
 
-def time_boot(cmd: list[str], timeout: float = 120) -> dict[str, float]:
+def time_boot(cmd: list[str], timeout: float = 120, marks: dict[str, bytes] | None = None) -> dict[str, float]:
     """Run `cmd`; host seconds from start to each marker line and to exit ("exit"), the exit
-    status ("status") and the peak RSS ("rss_mib")."""
-    marks: dict[str, float] = {}
+    status ("status") and the peak RSS ("rss_mib"). Each of `marks` (name -> bytes) is timed
+    under its name as its bytes arrive, wherever it stands in a line."""
+    found: dict[str, float] = {}
+    marks = marks or {}
+    keep = max((len(m) for m in marks.values()), default=1)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    watchdog = threading.Timer(timeout, proc.kill)  # a silent hang would block the read loop
+    watchdog = threading.Timer(timeout, proc.kill)  # a silent hang would block the reads
     watchdog.start()
+
+    def line_seen(raw: bytes, now: float) -> None:
+        line = raw.strip()
+        for marker in (MARKER_START, MARKER_DONE):
+            if line == marker.encode():
+                found.setdefault(marker, now)
+        m = SLEEP_RE.search(line)
+        if m:
+            found["sleep"] = float(m.group(1))
+
+    seen = partial = b""
     try:
-        for raw in proc.stdout:
+        fd = proc.stdout.fileno()
+        while chunk := os.read(fd, 1 << 16):
             now = time.monotonic() - t0
-            line = raw.strip()
-            for marker in (MARKER_START, MARKER_DONE):
-                if line == marker.encode():
-                    marks.setdefault(marker, now)
-            m = SLEEP_RE.search(line)
-            if m:
-                marks["sleep"] = float(m.group(1))
+            window = seen + chunk
+            for name, mark in marks.items():
+                if name not in found and mark in window:
+                    found[name] = now
+            seen = window[-keep:]  # a mark split across two reads is still found
+            *lines, partial = (partial + chunk).split(b"\n")
+            for raw in lines:
+                line_seen(raw, now)
+        if partial:
+            line_seen(partial, time.monotonic() - t0)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        marks["rss_mib"] = usage.ru_maxrss / 1024  # peak resident set, KiB on Linux
+        found["rss_mib"] = usage.ru_maxrss / 1024  # peak resident set, KiB on Linux
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    marks["exit"] = time.monotonic() - t0
-    marks["status"] = proc.returncode
-    return marks
+    found["exit"] = time.monotonic() - t0
+    found["status"] = proc.returncode
+    return found
 
 
 def main() -> int:

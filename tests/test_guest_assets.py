@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.tools import cpio, guests
+from emu.tools import cpio, debcache, guests
 from emu.tools.guests import GuestUnavailable, LinuxGuest, build_initramfs, ensure_linux_guest
 from emu.tools.vmlinux import (
     LZ4_LEGACY_MAGIC,
@@ -312,7 +312,7 @@ def test_second_call_is_cached(guest: LinuxGuest, monkeypatch: pytest.MonkeyPatc
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached call must not run apt, dpkg-deb or the extractor")
 
-    monkeypatch.setattr(guests, "_run", forbidden)
+    monkeypatch.setattr(debcache, "run", forbidden)
     monkeypatch.setattr(guests, "extract_vmlinux", forbidden)
     t = time.perf_counter()
     again = ensure_linux_guest()
@@ -324,7 +324,7 @@ def test_second_call_is_cached(guest: LinuxGuest, monkeypatch: pytest.MonkeyPatc
 def test_initramfs_rebuilt_after_interrupt(tmp_path: Path, guest: LinuxGuest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing stamp or a half-written file rebuilds from the kept busybox, with no download."""
     shutil.copy(guests.CACHE_DIR / "busybox", tmp_path / "busybox")
-    monkeypatch.setattr(guests, "_download", lambda *a: pytest.fail("downloaded although busybox is kept"))
+    monkeypatch.setattr(debcache, "download", lambda *a: pytest.fail("downloaded although busybox is kept"))
     guests._ensure_initramfs(tmp_path, verbose=False)
     good = (tmp_path / "initramfs.cpio").read_bytes()
     assert good == guest.initramfs.read_bytes()
@@ -334,7 +334,7 @@ def test_initramfs_rebuilt_after_interrupt(tmp_path: Path, guest: LinuxGuest, mo
 
 
 def test_unavailable_without_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guests.shutil, "which", lambda name: None)
+    monkeypatch.setattr(debcache.shutil, "which", lambda name: None)
     with pytest.raises(GuestUnavailable, match="apt-get is not available"):
         ensure_linux_guest(tmp_path)
 
@@ -351,8 +351,8 @@ def test_unavailable_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyP
             return subprocess.CompletedProcess(cmd, 0, "x\n  Depends: linux-image-6.1.0-99-cloud-amd64\n", "")
         return subprocess.CompletedProcess(cmd, 100, "", f"E: Failed to fetch {cmd[1]}: Temporary failure resolving")
 
-    monkeypatch.setattr(guests, "_run", fake_run)
-    monkeypatch.setattr(guests.os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(debcache, "run", fake_run)
+    monkeypatch.setattr(debcache.os, "geteuid", lambda: 0 if root else 1000)
     words = "apt-get update failed" if root else "apt-get download linux-image-6.1.0-99-cloud-amd64 failed"
     with pytest.raises(GuestUnavailable, match=words) as info:
         ensure_linux_guest(tmp_path)

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
-from guests.virtio import build
+from guests.virtio.blkcase import (
+    DONE_STATUS,
+    SECTOR1,
+    SECTORS,
+    assert_only_sector2_written,
+    image_fixture,
+    kernel_fixture,
+)
 
 from emu.config import BackendName, DiskSpec, MachineConfig, VirtioTransport
 from emu.machine import run_machine
 
 REPO = Path(__file__).resolve().parents[1]
-DONE_STATUS = (0x10 << 1) | 1
-SECTORS = 64
-SECTOR1 = b"emu virtio sector one\0"
 CASES = [
     pytest.param(VirtioTransport.PCI_LEGACY, "legacy", id="pci-legacy"),
     pytest.param(VirtioTransport.PCI_MODERN, "modern", id="pci-modern"),
@@ -30,27 +34,8 @@ CASES = [
 ]
 
 
-def sector2_written() -> bytes:
-    data = bytearray((i ^ 0x5A) & 0xFF for i in range(512))
-    text = b"written by the virtio-blk guest\n\0"
-    data[: len(text)] = text
-    return bytes(data)
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("virtio-pci") / "blk_pci.elf"
-    path.write_bytes(build("blk_pci"))
-    return path
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    data = bytearray(SECTORS * 512)
-    data[512 : 512 + len(SECTOR1)] = SECTOR1
-    path = tmp_path / "disk.img"
-    path.write_bytes(data)
-    return path
+kernel = kernel_fixture("blk_pci")
+image = image_fixture
 
 
 def expected(transport: VirtioTransport, driver: str) -> str:
@@ -104,9 +89,7 @@ def test_guest_drives_blk_over_pci(
     serial = result.serial.decode(errors="replace")
     assert result.status == DONE_STATUS, result.reason + "\n" + serial
     assert serial == expected(transport, driver)
-    data = image.read_bytes()
-    assert data[1024:1536] == sector2_written()
-    assert data[512 : 512 + len(SECTOR1)] == SECTOR1 and data[1536:] == bytes(len(data) - 1536)
+    assert_only_sector2_written(image)
 
 
 def test_cli_default_transport_pci(kernel: Path, image: Path, tmp_path: Path) -> None:

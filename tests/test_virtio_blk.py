@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guests.virtio.driver import BUF, NEXT, WRITE, Desc, MmioDriver
+from guests.virtio.driver import BUF, NEXT, WRITE, Desc, MmioDriver, patterned_image, sector_bytes
 
 from emu import layout
 from emu.bus import Bus
@@ -23,15 +23,9 @@ T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 OK, IOERR, UNSUPP = 0, 1, 2
 
 
-def sector_bytes(n: int) -> bytes:
-    return bytes([n]) * 512
-
-
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
-    path = tmp_path / "disk.img"
-    path.write_bytes(b"".join(sector_bytes(i) for i in range(SECTORS)))
-    return path
+    return patterned_image(tmp_path / "disk.img", SECTORS)
 
 
 class Blk:

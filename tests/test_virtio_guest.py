@@ -11,41 +11,27 @@ from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
-from guests.virtio import build
+from guests.virtio.blkcase import (
+    DONE_STATUS,
+    SECTOR1,
+    SECTORS,
+    assert_only_sector2_written,
+    image_fixture,
+    kernel_fixture,
+    sector2_written,
+)
 
 from emu.config import BackendName, DiskSpec, MachineConfig, VirtioTransport
 from emu.errors import ExitStatus
 from emu.machine import run_machine
 
 REPO = Path(__file__).resolve().parents[1]
-DONE_STATUS = (0x10 << 1) | 1
-SECTORS = 64
-SECTOR1 = b"emu virtio sector one\0"
 MMIO_TRANSPORTS = (VirtioTransport.MMIO, VirtioTransport.MMIO_LEGACY)  # PCI: tests/test_pci_virtio.py
 TRANSPORTS = [pytest.param(t, id=t.value) for t in MMIO_TRANSPORTS]
 
 
-def sector2_written() -> bytes:
-    data = bytearray((i ^ 0x5A) & 0xFF for i in range(512))
-    text = b"written by the virtio-blk guest\n\0"
-    data[: len(text)] = text
-    return bytes(data)
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("virtio") / "blk.elf"
-    path.write_bytes(build("blk"))
-    return path
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    data = bytearray(SECTORS * 512)
-    data[512 : 512 + len(SECTOR1)] = SECTOR1
-    path = tmp_path / "disk.img"
-    path.write_bytes(data)
-    return path
+kernel = kernel_fixture("blk")
+image = image_fixture
 
 
 def expected(version: int, *, readonly: bool = False) -> str:
@@ -90,9 +76,7 @@ def test_guest_reads_writes_and_flushes(
     require(backend)
     serial = boot(kernel, backend, DiskSpec(image, transport=transport))
     assert serial == expected(1 if transport is VirtioTransport.MMIO_LEGACY else 2)
-    data = image.read_bytes()
-    assert data[1024:1536] == sector2_written()
-    assert data[512 : 512 + len(SECTOR1)] == SECTOR1 and data[1536:] == bytes(len(data) - 1536)
+    assert_only_sector2_written(image)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

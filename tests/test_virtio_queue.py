@@ -35,6 +35,8 @@ from guests.virtio.driver import (
     WRITE,
     Desc,
     MmioDriver,
+    patterned_image,
+    sector_bytes,
 )
 
 from emu import layout
@@ -85,15 +87,9 @@ class Rig:
         assert data == sector_bytes(1)
 
 
-def sector_bytes(n: int) -> bytes:
-    return bytes([n]) * 512
-
-
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
-    path = tmp_path / "disk.img"
-    path.write_bytes(b"".join(sector_bytes(i) for i in range(SECTORS)))
-    return path
+    return patterned_image(tmp_path / "disk.img", SECTORS)
 
 
 @pytest.fixture(params=[False, True], ids=["mmio-v2", "mmio-v1"])

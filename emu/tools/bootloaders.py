@@ -24,7 +24,6 @@ built.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import struct
@@ -37,21 +36,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from emu.errors import EmuError, HostError
-from emu.tools.guests import (
-    CACHE_DIR,
-    GuestUnavailable,
-    LinuxGuest,
-    _fetch_deb,
-    _locked,
-    _recipe,
-    _run,
-    _stamp_ok,
-    _tail,
-    _unpack,
-    _write_stamp,
-    ensure_linux_guest,
-)
+from emu.errors import HostError
+from emu.tools import debcache
+from emu.tools.guests import ASSET_FORMAT, CACHE_DIR, LinuxGuest, ensure_linux_guest
 
 SYSLINUX_PACKAGES = ("syslinux", "syslinux-common")
 GRUB_PACKAGES = ("grub-pc-bin", "grub-common")
@@ -227,27 +214,25 @@ class Tools:
         except OSError as e:
             raise HostError(f"cannot run {cmd[0]}: {e.strerror}") from None
         if p.returncode != 0:
-            raise HostError(f"{cmd[0]} failed: {_tail(p.stderr or p.stdout)}")
+            raise HostError(f"{cmd[0]} failed: {debcache.tail(p.stderr or p.stdout)}")
 
 
 def _deb_version(deb: Path) -> str:
-    p = _run(["dpkg-deb", "--field", str(deb), "Version"])
+    p = debcache.run(["dpkg-deb", "--field", str(deb), "Version"])
     if p.returncode != 0 or not p.stdout.strip():
-        raise HostError(f"dpkg-deb --field {deb.name} Version failed: {_tail(p.stderr)}")
+        raise HostError(f"dpkg-deb --field {deb.name} Version failed: {debcache.tail(p.stderr)}")
     return p.stdout.strip()
 
 
 @contextmanager
 def _tools(cache: Path, packages: tuple[str, ...]) -> Iterator[tuple[Tools, dict[str, str]]]:
     """The packages unpacked into a temporary root, and each package's version."""
-    with tempfile.TemporaryDirectory(prefix="emu-bootloaders-") as tmpname:
-        tmp = Path(tmpname)
-        tmp.chmod(0o755)  # apt's _apt sandbox user writes downloads here
+    with debcache.download_dir("emu-bootloaders-") as tmp:
         root = tmp / "root"
         versions = {}
         for package in packages:
-            deb = _fetch_deb(package, cache / "debs", tmp)
-            _unpack(deb, root)  # first: it says so when dpkg-deb is missing
+            deb = debcache.fetch_deb(package, cache / "debs", tmp)
+            debcache.unpack(deb, root)  # first: it says so when dpkg-deb is missing
             versions[package] = _deb_version(deb)
         path = os.pathsep.join([str(root / "usr" / "bin"), str(root / "usr" / "sbin"), os.environ.get("PATH", "")])
         env = {**os.environ, "PATH": path, "LC_ALL": "C", "MTOOLS_SKIP_CHECK": "1"}
@@ -310,8 +295,9 @@ def _ensure_images(cache: Path, guest: LinuxGuest, verbose: bool) -> tuple[str, 
     stamp = out_dir / "stamp.json"
     outputs = [out_dir / b.image_name for b in Boot]
     inputs = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (guest.bzimage, guest.initramfs)]
-    recipe = _recipe("bootloaders", str(IMAGE_FORMAT), guest.version, *inputs, syslinux_config(), *_tool_packages())
-    info = _stamp_ok(stamp, recipe, outputs)
+    parts = ("bootloaders", str(IMAGE_FORMAT), guest.version, *inputs, syslinux_config(), *_tool_packages())
+    recipe = debcache.recipe_hash(ASSET_FORMAT, *parts)
+    info = debcache.stamp_ok(stamp, recipe, outputs)
     if info is not None:
         return str(info["syslinux_version"]), str(info["grub_version"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +312,7 @@ def _ensure_images(cache: Path, guest: LinuxGuest, verbose: bool) -> tuple[str, 
         for boot in (Boot.GRUB_LINUX, Boot.GRUB_LINUX16):
             _build_grub(tools, grub_version.split("-")[0], boot, part, work, out_dir / boot.image_name)
             _log(verbose, f"{boot.image_name}: GRUB {grub_version}")
-    _write_stamp(stamp, recipe, outputs, syslinux_version=syslinux_version, grub_version=grub_version)
+    debcache.write_stamp(stamp, recipe, outputs, syslinux_version=syslinux_version, grub_version=grub_version)
     return syslinux_version, grub_version
 
 
@@ -342,33 +328,20 @@ def ensure_bootloader_images(cache_dir: Path | None = None, *, verbose: bool = F
     """
     cache = cache_dir or CACHE_DIR
     guest = ensure_linux_guest(cache, verbose=verbose)
-    with _locked(cache / "bootloaders"):
+    with debcache.locked(cache / "bootloaders"):
         syslinux_version, grub_version = _ensure_images(cache, guest, verbose)
     images = {b: cache / "bootloaders" / b.image_name for b in Boot}
     return BootloaderImages(images, syslinux_version, grub_version, guest)
 
 
+def _report(built: BootloaderImages) -> None:
+    print(f"syslinux {built.syslinux_version}, GRUB {built.grub_version}, kernel {built.guest.version}")
+    for boot, path in built.images.items():
+        print(f"{boot.value}: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fetch-bootloaders", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help=f"where the assets go (default {CACHE_DIR})")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    args = p.parse_args(argv)
-    try:
-        built = ensure_bootloader_images(args.cache_dir, verbose=not args.quiet)
-    except GuestUnavailable as e:
-        print(f"fetch-bootloaders: unavailable: {e.reason}", file=sys.stderr)
-        return 1
-    except EmuError as e:
-        print(f"fetch-bootloaders: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # the cache directory is not writable, the disk is full...
-        print(f"fetch-bootloaders: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(f"syslinux {built.syslinux_version}, GRUB {built.grub_version}, kernel {built.guest.version}")
-        for boot, path in built.images.items():
-            print(f"{boot.value}: {path}")
-    return 0
+    return debcache.cli_main("fetch-bootloaders", __doc__, argv, CACHE_DIR, ensure_bootloader_images, _report)
 
 
 if __name__ == "__main__":

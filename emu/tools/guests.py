@@ -15,24 +15,15 @@ Run `scripts/fetch-guests` (or `python -m emu.tools.guests`) to fetch ahead of t
 
 from __future__ import annotations
 
-import argparse
-import fcntl
-import hashlib
-import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu.errors import EmuError, HostError
-from emu.tools import cpio
+from emu.errors import HostError
+from emu.tools import cpio, debcache
+from emu.tools.debcache import GuestUnavailable
 from emu.tools.vmlinux import extract_vmlinux
 
 CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "guests"
@@ -90,14 +81,6 @@ exit 1
 ASSET_FORMAT = 1
 
 
-class GuestUnavailable(Exception):
-    """The host cannot provide the guest (no apt-get, no network, not root...): tests skip with `reason`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class LinuxGuest:
     bzimage: Path
@@ -106,90 +89,10 @@ class LinuxGuest:
     version: str  # kernel release, e.g. "6.1.0-56-cloud-amd64"
 
 
-# --------------------------------------------------------------------------------------------
-# Files: atomic writes and stamps
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    tmp.replace(path)
-
-
-def _stamp_ok(stamp: Path, recipe: str, files: list[Path]) -> dict[str, object] | None:
-    """The stamp's contents when it matches `recipe` and every file has its recorded size."""
-    try:
-        info = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("recipe") != recipe:
-        return None
-    sizes = info.get("sizes", {})
-    for f in files:
-        try:
-            if f.stat().st_size != sizes.get(f.name):
-                return None
-        except OSError:
-            return None
-    return info
-
-
-def _write_stamp(stamp: Path, recipe: str, files: list[Path], **extra: object) -> None:
-    info = {"recipe": recipe, "sizes": {f.name: f.stat().st_size for f in files}, **extra}
-    _write_atomic(stamp, (json.dumps(info, indent=1) + "\n").encode())
-
-
-@contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    """One builder at a time (parallel test processes share the cache)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-# --------------------------------------------------------------------------------------------
-# Debian packages
-
-
-def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
-
-
-def _tail(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-def _apt_known(package: str) -> bool:
-    p = _run(["apt-cache", "show", "--no-all-versions", package])
-    return p.returncode == 0 and "Package:" in p.stdout
-
-
-def _apt_update() -> None:
-    if os.geteuid() != 0:
-        raise GuestUnavailable("apt's package lists lack or misplace the guest packages; run apt-get update as root")
-    p = _run(["apt-get", "update", "-qq"])
-    if p.returncode != 0:
-        raise GuestUnavailable(f"apt-get update failed: {_tail(p.stderr or p.stdout)}")
-
-
-def _ensure_apt_knows(package: str) -> None:
-    """Run `apt-get update` if the package lists do not have `package` yet (root only)."""
-    if shutil.which("apt-get") is None or shutil.which("apt-cache") is None:
-        raise GuestUnavailable("apt-get is not available (the guest assets come from Debian packages)")
-    if _apt_known(package):
-        return
-    _apt_update()
-    if not _apt_known(package):
-        raise GuestUnavailable(f"no Debian package {package} in this machine's apt sources")
-
-
 def _kernel_package() -> str:
     """The versioned package the cloud meta-package depends on, e.g. linux-image-6.1.0-56-cloud-amd64."""
-    _ensure_apt_knows(KERNEL_META_PACKAGE)
-    p = _run(["apt-cache", "depends", KERNEL_META_PACKAGE])
+    debcache.ensure_apt_knows(KERNEL_META_PACKAGE)
+    p = debcache.run(["apt-cache", "depends", KERNEL_META_PACKAGE])
     for line in p.stdout.splitlines():
         key, _, value = line.strip().partition(":")
         name = value.strip()
@@ -198,61 +101,8 @@ def _kernel_package() -> str:
     raise GuestUnavailable(f"{KERNEL_META_PACKAGE} does not depend on a linux-image-*-cloud-amd64 package")
 
 
-def _download(package: str, into: Path) -> Path:
-    """`apt-get download` one package into `into` (as root, apt's sandbox user needs to write there)."""
-    _ensure_apt_knows(package)
-    p = _run(["apt-get", "download", "-q", package], cwd=into)
-    debs = sorted(into.glob(f"{package}_*.deb"))
-    if p.returncode != 0 or not debs:
-        raise GuestUnavailable(f"apt-get download {package} failed: {_tail(p.stderr or p.stdout)}")
-    return debs[0]
-
-
-def _download_fresh(resolve: Callable[[], str], into: Path) -> Path:
-    """Download the package `resolve()` names; on failure refresh stale lists once (a security
-    update removes the old .deb from the mirror, and may rename the kernel package) and retry."""
-    try:
-        return _download(resolve(), into)
-    except GuestUnavailable:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise
-    _apt_update()
-    return _download(resolve(), into)
-
-
-def _unpack(deb: Path, into: Path) -> None:
-    tool = shutil.which("dpkg-deb")
-    if tool is None:
-        raise GuestUnavailable("dpkg-deb is not available to unpack Debian packages")
-    p = _run([tool, "-x", str(deb), str(into)])
-    if p.returncode != 0:
-        raise HostError(f"dpkg-deb -x {deb.name} failed: {_tail(p.stderr)}")
-
-
-def _fetch_deb(package: str | Callable[[], str], debs: Path, tmp: Path) -> Path:
-    """The package's .deb (`package` is a name or finds it), kept in `debs` so later rebuilds need
-    no network."""
-    if isinstance(package, str):
-        kept = sorted(debs.glob(f"{package}_*.deb"))
-        if kept:
-            return kept[-1]
-    deb = _download_fresh(package if callable(package) else lambda: package, tmp)
-    debs.mkdir(parents=True, exist_ok=True)
-    dest = debs / deb.name
-    shutil.copyfile(deb, dest.with_suffix(".tmp"))
-    dest.with_suffix(".tmp").replace(dest)
-    return dest
-
-
 # --------------------------------------------------------------------------------------------
 # The assets
-
-
-def _recipe(*parts: str) -> str:
-    h = hashlib.sha256(str(ASSET_FORMAT).encode())
-    for p in parts:
-        h.update(p.encode() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def _log(verbose: bool, msg: str) -> None:
@@ -264,20 +114,18 @@ def _ensure_kernel(cache: Path, verbose: bool) -> str:
     linux = cache / "linux"
     files = [linux / "bzImage", linux / "vmlinux", linux / "version"]
     stamp = linux / "stamp.json"
-    recipe = _recipe("kernel")
-    info = _stamp_ok(stamp, recipe, files)
+    recipe = debcache.recipe_hash(ASSET_FORMAT, "kernel")
+    info = debcache.stamp_ok(stamp, recipe, files)
     if info is not None:
         return str(info["version"])
     linux.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="emu-guests-") as tmpname:
-        tmp = Path(tmpname)
-        tmp.chmod(0o755)  # apt's _apt sandbox user writes the download here
+    with debcache.download_dir("emu-guests-") as tmp:
         kept = sorted((cache / "debs").glob("linux-image-*-cloud-amd64_*.deb"))
         t = time.monotonic()
-        deb = kept[-1] if kept else _fetch_deb(_kernel_package, cache / "debs", tmp)
+        deb = kept[-1] if kept else debcache.fetch_deb(_kernel_package, cache / "debs", tmp)
         _log(verbose, f"{deb.name}: {deb.stat().st_size / 1e6:.1f} MB ({time.monotonic() - t:.1f} s)")
         root = tmp / "root"
-        _unpack(deb, root)
+        debcache.unpack(deb, root)
         images = sorted((root / "boot").glob("vmlinuz-*"))
         if len(images) != 1:
             raise HostError(f"{deb.name} holds {len(images)} /boot/vmlinuz-* files, expected one")
@@ -286,10 +134,10 @@ def _ensure_kernel(cache: Path, verbose: bool) -> str:
     t = time.monotonic()
     vmlinux = extract_vmlinux(bzimage)
     _log(verbose, f"vmlinux extracted: {len(vmlinux) / 1e6:.1f} MB in {time.monotonic() - t:.2f} s")
-    _write_atomic(linux / "bzImage", bzimage)
-    _write_atomic(linux / "vmlinux", vmlinux)
-    _write_atomic(linux / "version", (version + "\n").encode())
-    _write_stamp(stamp, recipe, files, version=version, package=deb.name)
+    debcache.write_atomic(linux / "bzImage", bzimage)
+    debcache.write_atomic(linux / "vmlinux", vmlinux)
+    debcache.write_atomic(linux / "version", (version + "\n").encode())
+    debcache.write_stamp(stamp, recipe, files, version=version, package=deb.name)
     return version
 
 
@@ -310,23 +158,21 @@ def _ensure_initramfs(cache: Path, verbose: bool) -> None:
     out = cache / "initramfs.cpio"
     busybox = cache / "busybox"
     stamp = cache / "initramfs.stamp.json"
-    recipe = _recipe("initramfs", INIT_SCRIPT, *APPLETS)
-    if _stamp_ok(stamp, recipe, [out, busybox]) is not None:
+    recipe = debcache.recipe_hash(ASSET_FORMAT, "initramfs", INIT_SCRIPT, *APPLETS)
+    if debcache.stamp_ok(stamp, recipe, [out, busybox]) is not None:
         return
     if not busybox.exists():
-        with tempfile.TemporaryDirectory(prefix="emu-guests-") as tmpname:
-            tmp = Path(tmpname)
-            tmp.chmod(0o755)
-            deb = _fetch_deb(BUSYBOX_PACKAGE, cache / "debs", tmp)
+        with debcache.download_dir("emu-guests-") as tmp:
+            deb = debcache.fetch_deb(BUSYBOX_PACKAGE, cache / "debs", tmp)
             _log(verbose, f"{deb.name}: {deb.stat().st_size / 1e6:.1f} MB")
-            _unpack(deb, tmp / "root")
+            debcache.unpack(deb, tmp / "root")
             binary = tmp / "root" / "bin" / "busybox"
             if not binary.is_file():
                 raise HostError(f"{deb.name} has no /bin/busybox")
-            _write_atomic(busybox, binary.read_bytes(), 0o755)
-    _write_atomic(out, build_initramfs(busybox.read_bytes()))
+            debcache.write_atomic(busybox, binary.read_bytes(), 0o755)
+    debcache.write_atomic(out, build_initramfs(busybox.read_bytes()))
     _log(verbose, f"initramfs written: {out.stat().st_size / 1e6:.1f} MB")
-    _write_stamp(stamp, recipe, [out, busybox])
+    debcache.write_stamp(stamp, recipe, [out, busybox])
 
 
 def ensure_linux_guest(cache_dir: Path | None = None, *, verbose: bool = False) -> LinuxGuest:
@@ -336,7 +182,7 @@ def ensure_linux_guest(cache_dir: Path | None = None, *, verbose: bool = False) 
     to run apt-get update).
     """
     cache = cache_dir or CACHE_DIR
-    with _locked(cache):
+    with debcache.locked(cache):
         version = _ensure_kernel(cache, verbose)
         _ensure_initramfs(cache, verbose)
     return LinuxGuest(
@@ -347,24 +193,14 @@ def ensure_linux_guest(cache_dir: Path | None = None, *, verbose: bool = False) 
     )
 
 
+def _report(guest: LinuxGuest) -> None:
+    print(f"kernel {guest.version}")
+    for name in ("bzimage", "vmlinux", "initramfs"):
+        print(f"{name}: {getattr(guest, name)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fetch-guests", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help=f"where the assets go (default {CACHE_DIR})")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    args = p.parse_args(argv)
-    try:
-        guest = ensure_linux_guest(args.cache_dir, verbose=not args.quiet)
-    except GuestUnavailable as e:
-        print(f"fetch-guests: unavailable: {e.reason}", file=sys.stderr)
-        return 1
-    except EmuError as e:
-        print(f"fetch-guests: error: {e}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(f"kernel {guest.version}")
-        for name in ("bzimage", "vmlinux", "initramfs"):
-            print(f"{name}: {getattr(guest, name)}")
-    return 0
+    return debcache.cli_main("fetch-guests", __doc__, argv, CACHE_DIR, ensure_linux_guest, _report)
 
 
 if __name__ == "__main__":

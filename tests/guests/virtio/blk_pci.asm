@@ -6,22 +6,14 @@
 ; capabilities (common/notify/ISR/device configuration in the memory BAR). Then the same requests
 ; as blk.asm: read sector 1, write sector 2, flush, get-id, two refused requests, one protocol
 ; violation (notify of a queue that does not exist: NEEDS_RESET), and a reset. Each step is one
-; line on COM1; tests/test_virtio_guest.py checks them and the image file.
+; line on COM1; tests/test_pci_virtio.py checks them and the image file.
 %include "lib.inc"
 %include "kreport.inc"
 %include "elf.inc"
-%define PHYS 0x100000
+%include "virtq.inc"
 
-%define BOOT_PDPT   0xA000          ; the loader's page tables: PDPT entry 3 maps 3-4 GiB
-%define PD3         0x300000        ; our page directory for 3-4 GiB (2 MiB pages, uncached)
-%define RING        0x400000        ; queue memory (16 KiB, zeroed)
-%define DESC        RING
 %define AVAIL_M     0x402000        ; modern: each ring where we like
 %define USED_M      0x403000
-%define HDR         0x410000
-%define DATA        0x411000
-%define STAT        0x412000
-%define ZERO_PAGE   0x7000
 
 %define CFG_ADDR    0xCF8
 %define CFG_DATA    0xCFC
@@ -52,39 +44,13 @@
 %define C_QDRIVER   0x28
 %define C_QDEVICE   0x30
 
-%define T_IN        0
-%define T_OUT       1
-%define T_FLUSH     4
-%define T_GET_ID    8
-
-    bits 64
-    org PHYS
-ehdr:
-    ELF64_EHDR start64, 1
-    ELF64_PHDR PT_LOAD, 0, PHYS, PHYS, file_end - ehdr, file_end - ehdr
-
-start64:
-    SERIAL_INIT
-    PRINT "virtio-blk pci guest", 10
-    PRINT "cmdline="
-    mov esi, [ZERO_PAGE + 0x228]    ; boot_params.hdr.cmd_line_ptr
+    VIRTIO_GUEST "virtio-blk pci guest"
     cmp byte [rsi], 'l'
     sete byte [legacy]
     call kquoted64
     PRINT 10
 
-    mov rdi, PD3                    ; map 3-4 GiB, cache-disabled 2 MiB pages
-    mov rax, 0xC0000000 | 0x9B
-    mov ecx, 512
-.map:
-    mov [rdi], rax
-    add rax, 0x200000
-    add rdi, 8
-    dec ecx
-    jnz .map
-    mov qword [BOOT_PDPT + 3 * 8], PD3 | 3
-    mov rax, cr3
-    mov cr3, rax
+    MAP_HIGH_GIB
 
     ; Enumerate bus 0: every present function 0, and the first virtio device.
     mov dword [vdev], -1
@@ -397,70 +363,11 @@ driver_ok:
     HEX eax, 8
     PRINT 10
 
-    mov eax, T_IN                   ; sector 1: the host's line
-    mov edx, 1
-    mov ecx, 2
-    call blk_req
-    PRINT "sector1="
-    mov rsi, DATA
-    call kquoted64
-    mov rsi, DATA
-    mov ecx, 512
-    call ksum64
-    PRINT " sum="
-    HEX eax, 8
-    PRINT 10
-
-    mov rdi, DATA                   ; sector 2: byte i = i ^ 0x5A, then a line over the start
-    xor ecx, ecx
-.fill:
-    mov eax, ecx
-    xor eax, 0x5A
-    mov [rdi + rcx], al
-    inc ecx
-    cmp ecx, 512
-    jne .fill
-    mov rsi, written
-.copy:
-    mov al, [rsi]
-    mov [rdi], al
-    inc rsi
-    inc rdi
-    test al, al
-    jnz .copy
-    mov eax, T_OUT
-    mov edx, 2
-    mov ecx, 1
-    call blk_req
-
-    mov eax, T_FLUSH
-    xor edx, edx
-    xor ecx, ecx
-    call blk_req
-
-    mov rdi, DATA
-    mov qword [rdi + 16], 0
-    mov qword [rdi + 24], 0
-    mov eax, T_GET_ID
-    xor edx, edx
-    mov ecx, 2
-    mov r8d, 20
-    call blk_req
-    PRINT "id="
-    mov rsi, DATA
-    call kquoted64
-    PRINT 10
-
-    xor esi, esi                    ; a read past the end (IOERR), an unknown type (UNSUPP)
+    call blk_requests
+    xor esi, esi                    ; capacity: the first sector that does not exist
     call config_read32
     mov edx, eax
-    mov eax, T_IN
-    mov ecx, 2
-    call blk_req
-    mov eax, 99
-    xor edx, edx
-    xor ecx, ecx
-    call blk_req
+    call blk_refused
 
     mov eax, 7                      ; garbage: notify queue 7, which does not exist
     call do_notify
@@ -477,12 +384,6 @@ driver_ok:
     HEX eax, 2
     PRINT 10
     DONE
-
-fail:
-    PRINT "virtio-blk pci guest failed", 10
-    mov al, 0x11
-    out PORT_DEBUG_EXIT, al
-    HALT
 
 ; -- PCI configuration space of device [cur], register ESI ---------------------------------------
 cfg_addr:                           ; out dx = data port for byte ESI & 3
@@ -597,80 +498,13 @@ config_read32:                      ; eax = device config dword at ESI
     mov eax, [rax + rsi]
     ret
 
-zero_ring:
-    mov rdi, RING
-    mov ecx, 0x4000 / 8
-    xor eax, eax
-.z:
-    mov [rdi], rax
-    add rdi, 8
-    dec ecx
-    jnz .z
-    ret
-
-; blk_req: one request on queue 0 (as in blk.asm). EAX = type, RDX = sector, ECX = data direction
-; (0 none, 1 device reads DATA, 2 device writes DATA), R8D = data length for GET_ID.
+; blk_req: one request on queue 0 (virtq.inc has the arguments), notified through the transport.
 ; Prints "req type=.. status=.. len=.. intx=.. isr=.. isr_after=..".
 blk_req:
-    cmp eax, T_GET_ID
-    je .len_given
-    mov r8d, 512
-.len_given:
-    mov [HDR], eax
-    mov dword [HDR + 4], 0
-    mov [HDR + 8], rdx
-    mov byte [STAT], 0xFF
-    mov qword [DESC], HDR
-    mov dword [DESC + 8], 16
-    mov word [DESC + 12], 1
-    mov word [DESC + 14], 1
-    mov edi, 16
-    test ecx, ecx
-    jz .status
-    mov qword [DESC + 16], DATA
-    mov [DESC + 24], r8d
-    mov word [DESC + 28], 1
-    cmp ecx, 2
-    jne .readable
-    mov word [DESC + 28], 3
-.readable:
-    mov word [DESC + 30], 2
-    mov edi, 32
-.status:
-    mov qword [DESC + rdi], STAT
-    mov dword [DESC + rdi + 8], 1
-    mov word [DESC + rdi + 12], 2
-    mov word [DESC + rdi + 14], 0
-    mov [req_type], eax
-    mov rsi, [avail]
-    movzx eax, word [rsi + 2]
-    mov edx, [qsize]
-    dec edx
-    and edx, eax
-    mov word [rsi + 4 + rdx * 2], 0
-    inc eax
-    mov [rsi + 2], ax
-    mov [expect], ax
+    call blk_submit
     xor eax, eax
     call do_notify
-    mov rsi, [used]
-    mov ecx, 1000000
-.wait:
-    mov ax, [rsi + 2]
-    cmp ax, [expect]
-    je .done
-    pause
-    dec ecx
-    jnz .wait
-    PRINT "request timed out", 10
-    jmp fail
-.done:
-    mov ecx, [qsize]                ; used element (idx - 1) mod qsize: bytes written
-    dec ecx
-    movzx edx, ax
-    dec edx
-    and edx, ecx
-    mov ecx, [rsi + 4 + rdx * 8 + 4]
+    call blk_wait
     mov [req_len], ecx
     push rsi
     mov esi, 4                      ; PCI status bit 3: the INTx the device drives
@@ -697,28 +531,22 @@ blk_req:
     PRINT 10
     ret
 
-written: db "written by the virtio-blk guest", 10, 0
-
     align 8
-avail:    dq 0
-used:     dq 0
 mbar:     dq 0
 ccfg:     dq 0
 notify:   dq 0
 isr:      dq 0
 devcfg:   dq 0
 mult:     dd 0
-qsize:    dd 0
 iobase:   dd 0
 vdev:     dd 0
 cur:      dd 0
-req_type: dd 0
 req_len:  dd 0
 req_intx: dd 0
 req_isr:  dd 0
-expect:   dw 0
 legacy:   db 0
 
+    VIRTQ_ROUTINES
     LIB_ROUTINES
     KLIB_ROUTINES
     KDATA

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from emu.bus import Bus
 from emu.memory import GuestMemory
@@ -192,3 +193,14 @@ def start_multi(drv: MmioDriver, features: int | None = None, queues: int = 2, q
     rings = [Ring(drv, n, RING + 0x4000 * n, qsize) for n in range(queues)]
     drv.w(STATUS, drv.status | DRIVER_OK)
     return rings
+
+
+def sector_bytes(n: int) -> bytes:
+    """Sector n of a patterned image: the byte n, 512 times."""
+    return bytes([n]) * 512
+
+
+def patterned_image(path: Path, sectors: int) -> Path:
+    """A disk image at `path` of `sectors` sectors, each sector n filled by sector_bytes(n)."""
+    path.write_bytes(b"".join(sector_bytes(i) for i in range(sectors)))
+    return path
