@@ -141,11 +141,11 @@ def test_bad_commands_are_one_error_line(image: Path, script: str, words: tuple[
         assert w in lines[0]
 
 
-def test_without_script_points_to_it(image: Path) -> None:
-    p = emu_debug("--image", str(image))
+def test_without_script_or_terminal_points_to_script_mode(image: Path) -> None:
+    p = emu_debug("--image", str(image))  # stdin and stdout are pipes: no terminal for the UI
     assert p.returncode == ExitStatus.USAGE
     assert p.stderr.strip().splitlines() == [
-        "emu: the debugger's terminal UI is not built yet; run commands headless with --script FILE "
+        "emu: the debugger's UI needs a terminal (stdin and stdout); run commands headless with --script FILE "
         "(or --script - to read them from stdin); `help` in a script lists them"
     ]
 

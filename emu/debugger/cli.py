@@ -1,5 +1,6 @@
-"""`emu debug`: the boot options of `emu run`, paused at the first instruction, driven by a script
-of debugger commands (`--script FILE`, or `-` for stdin). The terminal UI comes later."""
+"""`emu debug`: the boot options of `emu run`, paused at the first instruction, driven by the
+Textual UI (emu/debugger/tui/) or by a script of debugger commands (`--script FILE`, or `-` for
+stdin)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from emu.errors import EmuError, ExitStatus
 log = logging.getLogger("emu.debugger")
 
 DEBUG_HELP = """exit statuses:
-  0     every command of the script ran (the guest may have ended on the way: the script goes on
-        with its views)
-  2     bad usage, or a script command failed (unknown command, bad argument, a feature the
-        backend does not have): one `emu: error: line N: ...` line on stderr, the rest is skipped
+  0     the UI was quit, or every command of the script ran (the guest may have ended on the way:
+        the script goes on with its views)
+  2     bad usage (also: no terminal for the UI), or a script command failed (unknown command, bad
+        argument, a feature the backend does not have): one `emu: error: line N: ...` line on
+        stderr, the rest is skipped (in the UI a failing command is one red line in its Output tab)
   70    emulator error (e.g. an unusable /dev/kvm with --backend kvm)
 
 commands (gdb names and short forms, Bochs extras):
 """
-NO_TUI = (
-    "emu: the debugger's terminal UI is not built yet; run commands headless with --script FILE "
+NO_TERMINAL = (
+    "emu: the debugger's UI needs a terminal (stdin and stdout); run commands headless with --script FILE "
     "(or --script - to read them from stdin); `help` in a script lists them"
 )
 
@@ -33,7 +35,7 @@ def add_debug_parser(sub: Any, run: argparse.ArgumentParser) -> None:
 
     debug = sub.add_parser(
         "debug",
-        help="debug a machine from its first instruction (script mode: --script)",
+        help="debug a machine from its first instruction (a terminal UI; --script: headless)",
         description="Build the machine `emu run` would boot with the same options, paused at its first "
         "instruction, and run debugger commands on it. Options that only shape a run's end (--expect, "
         "--report, --timeout, --on-triple-fault) are accepted and ignored.",
@@ -53,8 +55,12 @@ def cmd_debug(args: argparse.Namespace) -> int:
     from emu.debugger.session import DebugSession
 
     if args.script is None:
-        sys.stderr.write(NO_TUI + "\n")
-        return ExitStatus.USAGE
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            sys.stderr.write(NO_TERMINAL + "\n")
+            return ExitStatus.USAGE
+        from emu.debugger.tui import run_tui
+
+        return run_tui(config_from_args(args))
     if args.script == "-":
         lines = sys.stdin.read().splitlines()
     else:

@@ -13,6 +13,7 @@ What a backend cannot do raises `Unsupported` with the reason (see `capabilities
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ from emu.debugger.stops import (
 from emu.debugger.symbols import Symbols
 from emu.errors import EmuError, ExitStatus, GuestMemoryError
 from emu.machine import Machine, RunResult
+from emu.timers import HostClock
 
 if TYPE_CHECKING:
     from emu.debugger.kvm_engine import KvmEngine
@@ -61,6 +63,30 @@ CAPABILITIES = (
     "watchpoint ranges", "read-only watchpoint", "more than 4 breakpoints/watchpoints", "catch mode",
     "catch cr", "catch exception", "catch interrupt", "reverse-stepi",
 )  # fmt: skip
+
+
+class _PausedHostClock(HostClock):
+    """Host time that stands still while the session is paused (as QEMU stops its virtual clock
+    when the VM stops): otherwise every pause longer than a PIT period leaves a timer interrupt
+    pending, and each `continue` from a breakpoint with IF=1 would run the handler and stop at
+    the same breakpoint again."""
+
+    def __init__(self) -> None:
+        self._offset = 0  # host time spent paused
+        self._paused_at: int | None = time.monotonic_ns()
+
+    def now_ns(self) -> int:
+        at = self._paused_at
+        return (time.monotonic_ns() if at is None else at) - self._offset
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic_ns()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._offset += time.monotonic_ns() - self._paused_at
+            self._paused_at = None
 
 
 class _Ctx:
@@ -114,7 +140,11 @@ class DebugSession:
 
             assert isinstance(self.backend, UnicornBackend)
             self.engine = UnicornEngine(self.backend, self.memory, self.points, self.history)
+        self._clock: _PausedHostClock | None = None
         if machine._virtual is None:  # virtual time needs no timer thread (as in Machine.run)
+            if type(machine.clock) is HostClock:  # nothing has run yet: swap in a pausable one
+                self._clock = _PausedHostClock()
+                machine.clock = machine.timers.clock = self._clock
             machine._timer_thread.start()
         self.last_stop = Stop(StopKind.STEP, "paused at the first instruction", self.state(), 0)
 
@@ -422,7 +452,13 @@ class DebugSession:
             self.engine.start(plan, self._evaluate)
         except Unsupported as u:
             raise EmuError(str(u)) from None
-        hit, result = self._loop()
+        if self._clock is not None:
+            self._clock.resume()
+        try:
+            hit, result = self._loop()
+        finally:
+            if self._clock is not None:
+                self._clock.pause()
         self._state = None
         if result is not None:
             return self._finish(result)
