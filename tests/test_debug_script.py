@@ -3,6 +3,7 @@ results; a bad command is one error line with status 2; without --script, one li
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,51 @@ def test_missing_script_file(image: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert p.returncode == ExitStatus.USAGE
     assert p.stderr.strip() == f"emu: error: --script {tmp_path / 'nope'}: No such file or directory"
+
+
+ELF_KERNEL = """
+bits 64
+section .text
+global _start, kernel_main, helper
+_start:
+    mov ecx, 3
+    call kernel_main
+    cli
+    hlt
+kernel_main:
+    call helper
+    loop kernel_main
+    ret
+helper:
+    nop
+    ret
+"""
+
+
+def test_symbols_of_a_kernel_elf(tmp_path: Path) -> None:
+    """A --kernel ELF with a symbol table: breakpoints by name and <symbol+off> in listings."""
+    nasm, ld = shutil.which("nasm"), shutil.which("ld")
+    if nasm is None or ld is None:
+        pytest.skip("needs nasm and ld (binutils) to link an ELF with symbols")
+    src, obj, elf = tmp_path / "k.asm", tmp_path / "k.o", tmp_path / "k.elf"
+    src.write_text(ELF_KERNEL)
+    subprocess.run([nasm, "-f", "elf64", "-o", str(obj), str(src)], check=True)
+    subprocess.run([ld, "-o", str(elf), "-e", "_start", "-Ttext=0x200000", "-z", "max-page-size=0x1000", str(obj)],
+                   check=True)  # fmt: skip
+    p = emu_debug("--kernel", str(elf), "--boot", "elf", script="b helper\nc\nc\nx/2i kernel_main\ninfo break\n")
+    assert p.returncode == 0, p.stderr
+    helper = symbol_address(elf, "helper")
+    lines = p.stdout.splitlines()
+    assert lines[0] == f"breakpoint 1 at linear {helper:#x} (helper)"
+    assert f"{helper:#x} <helper>:" in p.stdout
+    # the listing names the function it shows and the target of its call
+    assert any("<kernel_main>:" in line and f"call {helper:#x} <helper>" in line for line in lines), p.stdout
+    assert lines[-1].endswith("hit 2")
+
+
+def symbol_address(elf: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab")
+        return next(s["st_value"] for s in table.iter_symbols() if s.name == name)
