@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deterministic", action="store_true",
                      help="guest time from the code executed, not the host clock (unicorn): the same run every "
                           "time; console input is ignored")  # fmt: skip
+    run.add_argument("--acpi", choices=["on", "off"], default="off",
+                     help="with --kernel: ACPI tables (RSDP, FADT, DSDT listing the virtio-mmio devices; a MADT "
+                          "under kvm) instead of virtio_mmio.device= command-line words (default off)")  # fmt: skip
     run.add_argument("-v", "--verbose", action="count", default=0, help="debug output on stderr (-vv: more)")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
     ext = sub.add_parser(
@@ -246,7 +249,10 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
         modules=args.module, disks=disks, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
         triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
+        acpi=args.acpi == "on",
     )  # fmt: skip
+    if cfg.acpi and args.kernel is None:
+        raise EmuError("--acpi on only applies with --kernel (the BIOS path has no ACPI tables)")
     cfg.nets, cfg.rng = args.net, args.rng
     if args.virtio_console is not None:
         if not args.virtio_console.target:

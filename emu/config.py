@@ -97,4 +97,5 @@ class MachineConfig:
     timeout: float | None = None  # seconds of wall-clock time before the run is ended
     triple_fault: TripleFaultPolicy = TripleFaultPolicy.ERROR
     deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
+    acpi: bool = False  # --kernel: ACPI tables (virtio-mmio devices in the DSDT) instead of cmdline words
     extra: dict[str, object] = field(default_factory=dict)

@@ -80,6 +80,16 @@ KERNEL_MIN_ADDR = HIGH_MEMORY
 # where Linux scans for it (as Firecracker places it).
 MPTABLE_AREA_START = EBDA_START
 MPTABLE_AREA_END = REAL_MODE_END
+# ACPI tables (`--acpi on`, emu/firmware/tables/acpi.py): the RSDP at the start, 16-byte aligned
+# in the 0xE0000-0xFFFFF range Linux scans, inside the e820-reserved BIOS area (no firmware runs
+# on a direct boot, so nothing else is there).
+ACPI_AREA_START = BIOS_AREA_START
+ACPI_AREA_END = BIOS_AREA_START + 0x8000
+# The ACPI PM1a event (+0, 4 bytes) and control (+4, 2) blocks and the PM timer (+8, 4): the
+# port QEMU's PIIX4 uses. The SCI goes on IRQ 3, the one ISA line nothing else of emu uses (COM2's
+# line; emu has no COM2).
+PORT_ACPI_PM_BASE = 0x600
+IRQ_ACPI_SCI = 3
 
 # -- BIOS (roms/bios.asm, emu/firmware/bios/) ----------------------------------------------------
 # The ROM's service stubs save the caller's registers to BIOS_REGS and write the vector number to
@@ -143,5 +153,5 @@ PCI_FIRST_SLOT = 1  # device numbers of emu's PCI devices on bus 0 (the host bri
 PCI_SLOTS = 8  # devices 1-8
 # INTA-D of slot d are wired to PCI_INTX_IRQS[(d + pin) % 3] (the usual swizzle), level-triggered
 # and shared. ISA lines no emulated device uses and distinct from the virtio-mmio lines: 9 (ACPI's
-# SCI on a PC, no ACPI here) and 14/15 (the IDE channels, not emulated).
+# SCI on a PC; emu's is IRQ_ACPI_SCI) and 14/15 (the IDE channels, not emulated).
 PCI_INTX_IRQS = (9, 14, 15)

@@ -16,6 +16,7 @@ from emu.bus import Bus
 from emu.config import BackendName, MachineConfig, TripleFaultPolicy
 from emu.cpu.state import CpuState
 from emu.deterministic import FIXED_EPOCH, VirtualClock
+from emu.devices.acpi_pm import AcpiPm
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.i8042 import I8042, SystemControlA
@@ -23,10 +24,12 @@ from emu.devices.pci.host import PciHost
 from emu.devices.pic import PicPair
 from emu.devices.pit import Pit
 from emu.devices.serial import Serial16550A
+from emu.devices.virtio.mmio import VirtioMmio
 from emu.devices.virtio.slots import attach_virtio, bios_disks, close_virtio, kernel_cmdline
 from emu.errors import EmuError, ExitStatus, HostError
 from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
 from emu.firmware.boot import flat
+from emu.firmware.tables.acpi import AcpiConfig, MmioDevice, PciIntx, write_acpi
 from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 from emu.roms import rom_path
@@ -202,17 +205,25 @@ class Machine:
         # Host data for virtio devices (tap frames, console input) is delivered on the vCPU
         # thread through the timer queue, so device models stay single-threaded.
         defer = lambda work: self.timers.add(self.clock.now_ns(), lambda _now: work())  # noqa: E731
-        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci, defer)
+        # Under KVM each virtio device gets a thread fed by ioeventfds and raising irqfds.
+        eventfds = getattr(self.backend, "eventfds", None)
+        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci, defer, eventfds)
         self.pci.assign()
         self.devices += self.virtio
-        if self.cfg.kernel is not None and self.virtio:
+        if self.cfg.kernel is not None and self.cfg.acpi:
+            # --acpi on: the DSDT announces the virtio-mmio devices; the FADT's registers live here.
+            self.acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock)
+            self.acpi_pm.register(self.bus)
+            self.devices.append(self.acpi_pm)
+        elif self.cfg.kernel is not None and self.virtio:
             self.cfg = dataclasses.replace(self.cfg, cmdline=kernel_cmdline(self.cfg.cmdline, self.virtio))
 
     def _boot(self) -> None:
         if self.cfg.kernel is not None:
             from emu.firmware.boot.kernel import load_kernel
 
-            state = load_kernel(self.memory, self.cfg)
+            rsdp = write_acpi(self.memory, self._acpi_config()) if self.cfg.acpi else 0
+            state = load_kernel(self.memory, self.cfg, rsdp)
             if self.pci.routes():  # the MP table again, with the PCI slots' interrupt wiring
                 write_mptable(self.memory, pci=self.pci.routes())
         elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
@@ -221,6 +232,13 @@ class Machine:
             state = flat.load_flat(self.memory, self._boot_data, self.cfg.load_addr)
         self.backend.set_state(state)
         self.backend.invalidate_code(0, self.memory.size)
+
+    def _acpi_config(self) -> AcpiConfig:
+        slot = layout.VIRTIO_MMIO_SLOT_SIZE
+        mmio = [MmioDevice(d.base, slot, d.irq) for d in self.virtio if isinstance(d, VirtioMmio)]
+        # A MADT only where there is a local APIC (KVM's in-kernel irqchip); Unicorn stays in PIC mode.
+        intx = tuple(PciIntx(r.device, r.pin, r.irq) for r in self.pci.routes())
+        return AcpiConfig(lapic=self.backend.has_irqchip, mmio_devices=tuple(mmio), pci_intx=intx)
 
     def _reboot(self) -> None:
         self.resets += 1

@@ -227,7 +227,7 @@ def test_abi_matches_the_installed_linux_headers(tmp_path: Path) -> None:
     # ioctl numbers are the constants carrying KVM's ioctl type byte.
     names = [n for n in dir(api) if n.startswith("KVM_") and (getattr(api, n) >> 8) & 0xFF == api.KVMIO]
     structs = ["kvm_regs", "kvm_sregs", "kvm_fpu", "kvm_debugregs", "kvm_run", "kvm_guest_debug", "kvm_xsave",
-               "kvm_irqchip", "kvm_pit_state2"]  # fmt: skip
+               "kvm_irqchip", "kvm_pit_state2", "kvm_ioeventfd", "kvm_irqfd"]  # fmt: skip
     fields = ("io", "mmio", "internal", "debug", "kvm_valid_regs")
     lines = [f'printf("{n} %lu\\n", (unsigned long){n});' for n in names]
     lines += [f'printf("sizeof:{s} %lu\\n", (unsigned long)sizeof(struct {s}));' for s in structs]

@@ -208,6 +208,25 @@ ffi.cdef(
         uint64_t kvm_dirty_regs;
     };
 
+    /* Eventfds (emu/backends/kvm/eventfds.py): a guest write that signals an eventfd inside
+       KVM (no exit to userspace), and an eventfd that raises a GSI. */
+    struct kvm_ioeventfd {
+        uint64_t datamatch;
+        uint64_t addr;
+        uint32_t len;
+        int32_t fd;
+        uint32_t flags;
+        uint8_t pad[36];
+    };
+
+    struct kvm_irqfd {
+        uint32_t fd;
+        uint32_t gsi;
+        uint32_t flags;
+        uint32_t resamplefd;
+        uint8_t pad[16];
+    };
+
     int ioctl(int fd, unsigned long request, ...);
     """
 )
@@ -259,7 +278,9 @@ KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
 KVM_GET_IRQCHIP = _iowr(0x62, "struct kvm_irqchip")
 KVM_SET_IRQCHIP = _ior(0x63, "struct kvm_irqchip")  # (sic: the kernel declares it _IOR)
+KVM_IRQFD = _iow(0x76, "struct kvm_irqfd")
 KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
+KVM_IOEVENTFD = _iow(0x79, "struct kvm_ioeventfd")
 KVM_GET_PIT2 = _ior(0x9F, "struct kvm_pit_state2")
 KVM_SET_PIT2 = _iow(0xA0, "struct kvm_pit_state2")
 # -- ioctls on a vCPU fd ------------------------------------------------------------------------
@@ -294,11 +315,14 @@ KVM_CAP_EXT_CPUID = 7
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_MP_STATE = 14
 KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_DEBUGREGS = 50
 KVM_CAP_XSAVE = 55
 KVM_CAP_READONLY_MEM = 81
+KVM_CAP_IRQFD_RESAMPLE = 82
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the supported KVM_GUESTDBG_* mask
 KVM_CAP_XSAVE2 = 208  # returns the size of the XSAVE buffer (on the VM fd)
@@ -349,6 +373,12 @@ INTERNAL_ERROR_NAMES = {
 # -- flags and states ---------------------------------------------------------------------------
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
+
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1  # level-triggered: resamplefd is signalled when the guest EOIs
 
 KVM_MP_STATE_RUNNABLE = 0
 KVM_MP_STATE_UNINITIALIZED = 1

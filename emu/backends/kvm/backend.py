@@ -36,6 +36,7 @@ from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
 from emu.backends.kvm import api
 from emu.backends.kvm import regs as conv
 from emu.backends.kvm.api import KvmError, ffi, ioctl, libc
+from emu.backends.kvm.eventfds import KvmEventfds
 from emu.bus import Bus
 from emu.cpu import x86
 from emu.cpu.cpuid import CpuidEntry, shape_kvm
@@ -185,6 +186,7 @@ BOOT_MSRS = {
 class KvmBackend(Backend):
     name = "kvm"
     has_irqchip = True
+    use_eventfds = True  # False: virtio stays on the synchronous exit path (benchmarks compare)
 
     def __init__(self, memory: GuestMemory, bus: Bus, *, device: str = "/dev/kvm") -> None:
         super().__init__(memory, bus)
@@ -272,6 +274,12 @@ class KvmBackend(Backend):
         ioctl(vm, api.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
         pit = ffi.new("struct kvm_pit_config *")  # flags 0: port 0x61 stays with emu's devices
         ioctl(vm, api.KVM_CREATE_PIT2, pit, name="KVM_CREATE_PIT2")
+        # virtio notifications and interrupts off the vCPU thread (emu/devices/virtio/eventfd.py);
+        # without all three capabilities virtio keeps the synchronous exit path.
+        self.eventfds: KvmEventfds | None = None
+        caps = (api.KVM_CAP_IOEVENTFD, api.KVM_CAP_IRQFD, api.KVM_CAP_IRQFD_RESAMPLE)
+        if self.use_eventfds and all(self._check_extension(c, vm) > 0 for c in caps):
+            self.eventfds = KvmEventfds(vm, resample=True)
         readonly_ok = self._check_extension(api.KVM_CAP_READONLY_MEM, vm) > 0
         for slot, region in enumerate(self.memory.regions):
             flags = 0

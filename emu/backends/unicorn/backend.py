@@ -61,12 +61,20 @@ def host_tsc_khz() -> int:
     uc.mem_write(0x1000, b"\x0f\x31")  # rdtsc
 
     def sample() -> tuple[int, int]:
-        t = time.monotonic_ns()
-        uc.emu_start(0x1000, 0x1002)
-        return t, uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX)
+        """(host ns, TSC) from the tightest of a few bracketed reads: the ACPI PM timer lets Linux
+        compare the two clocks, and its watchdog rejects a TSC more than ~0.03% off."""
+        best = (1 << 62, 0, 0)
+        for _ in range(8):
+            before = time.monotonic_ns()
+            uc.emu_start(0x1000, 0x1002)
+            after = time.monotonic_ns()
+            tsc = uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX)
+            best = min(best, (after - before, (before + after) // 2, tsc))
+        return best[1], best[2]
 
+    sample()  # the first run translates the block
     t0, c0 = sample()
-    time.sleep(0.02)
+    time.sleep(0.05)
     t1, c1 = sample()
     return max(1, round((c1 - c0) * 1_000_000 / (t1 - t0)))
 

@@ -72,6 +72,10 @@ class VirtioConsole(VirtioDevice):
             log.debug("%s: input dropped (%d bytes pending)", self.label, len(self.inbox))
 
     def _deliver(self) -> None:
+        with self.lock:
+            self._deliver_locked()
+
+    def _deliver_locked(self) -> None:
         if self.queue_live(RX):
             self.guarded(lambda: self._fill(self.queues[RX]))
 

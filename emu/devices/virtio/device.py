@@ -6,11 +6,17 @@ A device (blk, ...) subclasses VirtioDevice and supplies its id, feature bits, c
 guest's mistakes never raise out of here: they put the device into NEEDS_RESET (status bit 0x40,
 with a config-change interrupt as the spec asks), are logged at debug level, and the device
 ignores its queues until the driver resets it.
+
+Threads (docs/architecture.md, "virtio threads"): every entry point (transport registers, notify,
+host-data delivery, reset) runs under `lock`, a per-device reentrant lock. Under KVM a device
+thread (eventfd.py) serves the queues: `process()` drops the lock while `handle()` does the host
+I/O, so the vCPU can read registers meanwhile, and a reset waits for that request to finish.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from emu.devices.virtio.constants import (
@@ -46,6 +52,12 @@ class VirtioDevice:
         self.irq: IrqLine = lambda level: None  # set by the transport
         self.label = self.name  # for log lines: the transport adds where the device sits
         self.errors = 0  # times the device went into NEEDS_RESET (for tests and debug output)
+        self.lock = threading.Condition(threading.RLock())
+        self.generation = 0  # bumped by every reset: work started before it is dropped
+        self.inflight = 0  # handle() calls running without the lock
+        # Set by a device thread (eventfd.py): queue work goes to it instead of running here.
+        self.kick: Callable[[int], None] | None = None
+        self.on_change: Callable[[], None] = lambda: None  # after state a device thread watches
         self.reset()
 
     # -- what a device supplies -----------------------------------------------------------------
@@ -77,6 +89,14 @@ class VirtioDevice:
         return features | F_VERSION_1
 
     def reset(self) -> None:
+        with self.lock:
+            self.generation += 1
+            while self.inflight:  # a request in progress on the device thread finishes first
+                self.lock.wait()
+            self._reset()
+        self.on_change()
+
+    def _reset(self) -> None:
         self.status = Status(0)
         self.driver_features = 0
         self.isr = 0
@@ -140,26 +160,50 @@ class VirtioDevice:
             self.fail(str(e))
 
     def notify(self, index: int) -> None:
-        """The driver notified queue `index`: process every available chain."""
-        if self.broken:
-            return
-        if not self.status & Status.DRIVER_OK:
-            self.fail(f"queue {index} notified before DRIVER_OK")
-            return
-        if not 0 <= index < len(self.queues):
-            self.fail(f"notify of queue {index}, which does not exist")
-            return
-        q = self.queues[index]
-        if not q.ready:
-            self.fail(f"queue {index} notified before it was set up")
-            return
-        self.guarded(lambda: self.process(q))
+        """The driver notified queue `index` (an exit): process every available chain, or hand
+        the queue to the device thread when there is one."""
+        with self.lock:
+            if self.broken:
+                return
+            if not self.status & Status.DRIVER_OK:
+                self.fail(f"queue {index} notified before DRIVER_OK")
+                return
+            if not 0 <= index < len(self.queues):
+                self.fail(f"notify of queue {index}, which does not exist")
+                return
+            q = self.queues[index]
+            if not q.ready:
+                self.fail(f"queue {index} notified before it was set up")
+                return
+            if self.kick is not None:
+                self.kick(index)  # while a device thread exists, only it touches the rings
+                return
+            self.guarded(lambda: self.process(q))
+
+    def serve(self, index: int) -> None:
+        """The device thread's notify: a signal that arrives after a reset or a queue stop is
+        stale, not a guest mistake, and is dropped."""
+        with self.lock:
+            if self.queue_live(index):
+                self.guarded(lambda: self.process(self.queues[index]))
 
     def process(self, q: Virtqueue) -> None:
         """Serve a notified queue: by default every available chain goes through `handle()`.
-        Devices whose queues wait for host data (net and console receive queues) override it."""
+        Devices whose queues wait for host data (net and console receive queues) override it.
+        Called with the lock held; `handle()` runs without it (see the module doc)."""
+        generation = self.generation
         while (chain := q.pop()) is not None:
-            q.push(chain.head, self.handle(q, chain))
+            self.inflight += 1
+            self.lock.release()
+            try:
+                written = self.handle(q, chain)
+            finally:
+                self.lock.acquire()
+                self.inflight -= 1
+                self.lock.notify_all()
+            if generation != self.generation or not q.ready:
+                return  # reset (or stopped) meanwhile: the driver no longer expects the answer
+            q.push(chain.head, written)
         if q.need_interrupt():
             self.raise_isr(ISR_USED_BUFFER)
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from emu.bus import Bus
 from emu.devices.virtio.constants import VENDOR_ID
 from emu.devices.virtio.device import IrqLine, VirtioDevice
 from emu.devices.virtio.queue import Virtqueue
+
+if TYPE_CHECKING:
+    from emu.devices.virtio.eventfd import DeviceThread
 
 log = logging.getLogger("emu.virtio")
 
@@ -70,6 +74,8 @@ _NAMES = {r.value: r.name for r in Reg}
 class VirtioMmio:
     """A virtio device behind a virtio-mmio register window at `base`, interrupting on `irq`."""
 
+    io_thread: DeviceThread | None = None  # KVM: serves the queues (eventfd.py)
+
     def __init__(self, device: VirtioDevice, base: int, irq: int, set_irq: IrqLine, *, legacy: bool = False) -> None:
         self.device = device
         self.base = base
@@ -103,8 +109,17 @@ class VirtioMmio:
         qs = self.device.queues
         return qs[self.queue_sel] if self.queue_sel < len(qs) else None
 
-    # -- reads ------------------------------------------------------------------------------------
+    # -- register accesses (vCPU thread; under the device's lock, see device.py) --------------
     def mmio_read(self, offset: int, size: int) -> int:
+        with self.device.lock:
+            return self._read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        with self.device.lock:
+            self._write(offset, size, value)
+            self.device.on_change()
+
+    def _read(self, offset: int, size: int) -> int:
         dev = self.device
         if offset >= CONFIG_OFFSET:
             return dev.config_read(offset - CONFIG_OFFSET, size)
@@ -145,8 +160,7 @@ class VirtioMmio:
         log.debug("%s: read of write-only or unknown register %#x", dev.label, offset)
         return 0
 
-    # -- writes -----------------------------------------------------------------------------------
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int) -> None:
         dev = self.device
         if offset >= CONFIG_OFFSET:
             dev.config_write(offset - CONFIG_OFFSET, value.to_bytes(size, "little"))

@@ -140,6 +140,10 @@ class VirtioNet(VirtioDevice):
 
     # -- host → guest (vCPU thread, asked for by the Inbox) --------------------------------------
     def _deliver(self) -> None:
+        with self.lock:
+            self._deliver_locked()
+
+    def _deliver_locked(self) -> None:
         if not self.queue_live(RX):
             self.rx_dropped += len(self.inbox)  # no driver (yet): the frames go nowhere, as on a real NIC
             self.inbox.clear()

@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 import struct
 from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
 
 from emu.devices.pci.function import CAP_ID_VENDOR, Bar, BarKind, PciFunction
 from emu.devices.virtio.constants import DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.pci_legacy import LegacyRegs, io_bar_size
 from emu.devices.virtio.queue import Virtqueue
+
+if TYPE_CHECKING:
+    from emu.devices.virtio.eventfd import DeviceThread
 
 log = logging.getLogger("emu.virtio")
 
@@ -98,6 +102,8 @@ def _field(offset: int, size: int) -> tuple[Common, int] | None:
 class VirtioPci(PciFunction):
     """A virtio device on the PCI bus (plug it into a PciHost, which assigns its BARs)."""
 
+    io_thread: DeviceThread | None = None  # KVM: serves the queues (eventfd.py)
+
     def __init__(self, device: VirtioDevice, mode: PciMode) -> None:
         kind = DeviceId(device.device_id)
         modern_only = mode is PciMode.MODERN
@@ -151,10 +157,11 @@ class VirtioPci(PciFunction):
 
     def reset(self) -> None:
         """Machine reset: configuration space (host), transport selectors and the device."""
-        super().reset()
-        self.queue_sel = self.dfselect = self.gfselect = 0
-        self.device.legacy = self.mode is PciMode.LEGACY
-        self.device.reset()
+        with self.device.lock:
+            super().reset()
+            self.queue_sel = self.dfselect = self.gfselect = 0
+            self.device.legacy = self.mode is PciMode.LEGACY
+            self.device.reset()
 
     # -- the PCI-configuration-access capability --------------------------------------------------
     def _cfg_window(self, offset: int, size: int) -> tuple[int, int] | None:
@@ -188,6 +195,15 @@ class _ModernRegs:
         self.t = t
 
     def mmio_read(self, offset: int, size: int) -> int:
+        with self.t.device.lock:
+            return self._read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        with self.t.device.lock:
+            self._write(offset, size, value)
+            self.t.device.on_change()
+
+    def _read(self, offset: int, size: int) -> int:
         t, dev = self.t, self.t.device
         region, inner = offset & ~(REGION - 1), offset & (REGION - 1)
         if region == COMMON_OFF:
@@ -199,7 +215,7 @@ class _ModernRegs:
             return dev.config_read(inner, size)
         return 0  # notification region and padding: write-only or nothing
 
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int) -> None:
         t, dev = self.t, self.t.device
         region, inner = offset & ~(REGION - 1), offset & (REGION - 1)
         if region == COMMON_OFF:

@@ -53,6 +53,15 @@ class LegacyRegs:
         return None
 
     def io_read(self, offset: int, size: int) -> int:
+        with self.t.device.lock:
+            return self._read(offset, size)
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        with self.t.device.lock:
+            self._write(offset, size, value)
+            self.t.device.on_change()
+
+    def _read(self, offset: int, size: int) -> int:
         t, dev = self.t, self.t.device
         t.use_interface(legacy=True)
         if offset >= CONFIG_OFFSET:
@@ -76,7 +85,7 @@ class LegacyRegs:
                 return dev.read_isr_and_clear()
         return 0
 
-    def io_write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int) -> None:
         t, dev = self.t, self.t.device
         t.use_interface(legacy=True)
         if offset >= CONFIG_OFFSET:

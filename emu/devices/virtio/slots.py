@@ -18,10 +18,12 @@ from emu.devices.pci.host import PciHost, intx_irq
 from emu.devices.virtio.blk import VirtioBlk
 from emu.devices.virtio.console import VirtioConsole
 from emu.devices.virtio.device import VirtioDevice
+from emu.devices.virtio.eventfd import DeviceThread, EventfdHost, NotifyAddr
 from emu.devices.virtio.inbox import Defer, run_now
-from emu.devices.virtio.mmio import VirtioMmio
+from emu.devices.virtio.mmio import Reg, VirtioMmio
 from emu.devices.virtio.net import TapLink, VirtioNet
-from emu.devices.virtio.pci import PciMode, VirtioPci
+from emu.devices.virtio.pci import LEGACY_BAR, MODERN_BAR, NOTIFY_MULTIPLIER, NOTIFY_OFF, PciMode, VirtioPci
+from emu.devices.virtio.pci_legacy import LegacyReg
 from emu.devices.virtio.rng import VirtioRng, seeded_source
 from emu.devices.virtio.tap import default_mac, open_tap
 from emu.errors import EmuError
@@ -117,10 +119,12 @@ def attach_virtio(
     set_irq: SetIrq,
     pci: PciHost | None = None,
     defer: Defer = run_now,
+    eventfds: EventfdHost | None = None,
 ) -> list[Transport]:
     """Create the machine's virtio devices on their transports: virtio-mmio ones registered on
     the bus, virtio-pci ones plugged into `pci` (whose `assign()` then maps their BARs). `defer`
-    runs host-data deliveries (network frames, console input) on the vCPU thread."""
+    runs host-data deliveries (network frames, console input) on the vCPU thread. With
+    `eventfds` (KVM) every device gets a device thread (eventfd.py)."""
     reqs = _requests(cfg, memory, defer)
     mmio_count = sum(r.transport not in _PCI_MODES for r in reqs)
     if mmio_count > len(layout.VIRTIO_MMIO_IRQS):
@@ -141,6 +145,8 @@ def attach_virtio(
                 number = pci.plug(dev)
                 device.label = f"virtio-{dev.kind} 00:{number:02x}.0 {device.name}"
                 where = f"PCI 00:{number:02x}.0 INT{'ABCD'[dev.intx_pin - 1]} -> irq {intx_irq(number, dev.intx_pin)}"
+                if eventfds is not None:
+                    _pci_thread(dev, eventfds, intx_irq(number, dev.intx_pin))
             else:
                 base = layout.VIRTIO_MMIO_BASE + slot * layout.VIRTIO_MMIO_SLOT_SIZE
                 irq = layout.VIRTIO_MMIO_IRQS[slot]
@@ -150,6 +156,8 @@ def attach_virtio(
                 devices.append(dev)
                 dev.register(bus)
                 where = f"irq {irq}"
+                if eventfds is not None:
+                    _mmio_thread(dev, eventfds)
             log.debug("%s %s: %s", device.label, where, req.what)
     except BaseException:
         close_virtio(devices)
@@ -157,7 +165,45 @@ def attach_virtio(
     return devices
 
 
+def _mmio_thread(t: VirtioMmio, host: EventfdHost) -> None:
+    notify = t.base + Reg.QUEUE_NOTIFY  # one register for every queue: the value names the queue
+    wired = t.device.irq
+    t.io_thread = DeviceThread(t.device, host, lambda i: (NotifyAddr(notify, 4, False, i),), lambda: t.irq, wired)
+    t.device.irq = t.io_thread.line
+
+
+def _pci_thread(fn: VirtioPci, host: EventfdHost, gsi: int) -> None:
+    def addrs(i: int) -> tuple[NotifyAddr, ...]:
+        """The notify address of the interface the driver uses, where its BAR decodes now."""
+        index = LEGACY_BAR if fn.device.legacy else MODERN_BAR
+        bar = fn.bars.get(index)
+        base = fn.bar_address(index) if bar is not None and fn.decodes(bar) else 0
+        if not base:
+            return ()
+        if fn.device.legacy:  # one port for every queue: the value names the queue
+            return (NotifyAddr(base + LegacyReg.QUEUE_NOTIFY, 2, True, i),)
+        # Modern: the address names the queue and the value does not matter; Linux writes 16
+        # bits, other drivers may write 32 (KVM matches lengths exactly).
+        at = base + NOTIFY_OFF + NOTIFY_MULTIPLIER * i
+        return NotifyAddr(at, 2, False, None), NotifyAddr(at, 4, False, None)
+
+    thread = DeviceThread(fn.device, host, addrs, lambda: gsi, fn.on_intx)
+    fn.io_thread = thread
+    fn.on_intx = thread.line  # the level after the command register's INTx-disable bit
+    remap = fn.on_decode_change
+
+    def decode_changed() -> None:
+        remap()
+        thread.sync()  # a BAR moved or decode went off: the notify addresses follow
+
+    fn.on_decode_change = decode_changed
+
+
 def close_virtio(devices: list[Transport]) -> None:
+    for dev in devices:
+        if dev.io_thread is not None:
+            dev.io_thread.close()  # before the VM goes: it removes its registrations
+            dev.io_thread = None
     for dev in devices:
         disk = getattr(dev.device, "disk", None)
         if disk is not None:

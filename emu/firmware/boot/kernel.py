@@ -14,10 +14,13 @@ Detection order for `--boot auto` (the same as QEMU's -kernel):
 
 from __future__ import annotations
 
+import struct
+
+from emu import layout
 from emu.config import BootKind, MachineConfig
 from emu.cpu.state import CpuState
 from emu.errors import EmuError, GuestMemoryError
-from emu.firmware.boot import bzimage, multiboot, pvh, vmlinux
+from emu.firmware.boot import bzimage, multiboot, pvh, vmlinux, zeropage
 from emu.firmware.boot import elf as elfmod
 from emu.firmware.boot.flat import read_image
 from emu.firmware.boot.inputs import BootFile, KernelInputs
@@ -52,8 +55,22 @@ def detect(data: bytes, what: str = "kernel") -> BootKind:
     )
 
 
-def load_kernel(memory: GuestMemory, cfg: MachineConfig) -> CpuState:
-    """Read --kernel/--initrd/--module, write everything into guest RAM, return the entry state."""
+def load_kernel(memory: GuestMemory, cfg: MachineConfig, rsdp: int = 0) -> CpuState:
+    """Read --kernel/--initrd/--module, write everything into guest RAM, return the entry state.
+
+    `rsdp` (ACPI tables already written) goes where the protocol carries it: boot_params.
+    acpi_rsdp_addr for bzImage and vmlinux, hvm_start_info.rsdp_paddr for PVH; multiboot has no
+    field, so such a kernel finds it by scanning 0xE0000-0xFFFFF, where emu puts it."""
+    state, kind = _load(memory, cfg)
+    if rsdp:
+        if kind in (BootKind.BZIMAGE, BootKind.ELF):
+            memory.write(layout.ZERO_PAGE_ADDR + zeropage.ACPI_RSDP_ADDR, struct.pack("<Q", rsdp))
+        elif kind is BootKind.PVH:
+            memory.write(layout.BOOT_INFO_ADDR + pvh.START_INFO_RSDP, struct.pack("<Q", rsdp))
+    return state
+
+
+def _load(memory: GuestMemory, cfg: MachineConfig) -> tuple[CpuState, BootKind]:
     assert cfg.kernel is not None
     inp = KernelInputs(
         kernel=BootFile(cfg.kernel, read_image(cfg.kernel, "kernel")),
@@ -67,17 +84,17 @@ def load_kernel(memory: GuestMemory, cfg: MachineConfig) -> CpuState:
         raise EmuError(f"--module applies to multiboot and PVH kernels; {what} is booted as {kind.value}")
     try:
         if kind is BootKind.BZIMAGE:
-            return bzimage.load(memory, inp)
+            return bzimage.load(memory, inp), kind
         if kind is BootKind.MULTIBOOT:
             hdr = multiboot.find_header(data)
             if hdr is None:
                 raise EmuError(f"{what}: no multiboot header with a valid checksum in the first 8 KiB")
-            return multiboot.load(memory, inp, hdr)
+            return multiboot.load(memory, inp, hdr), kind
         if not elfmod.is_elf(data):
             raise EmuError(f"{what}: not an ELF file, so it cannot be booted as {kind.value}")
         kernel = elfmod.parse(data, what)
         if kind is BootKind.PVH:
-            return pvh.load(memory, inp, kernel)
-        return vmlinux.load(memory, inp, kernel)
+            return pvh.load(memory, inp, kernel), kind
+        return vmlinux.load(memory, inp, kernel), kind
     except GuestMemoryError as e:  # the checks above should make this unreachable; never a traceback
         raise EmuError(f"{what}: {e}") from None

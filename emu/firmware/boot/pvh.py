@@ -23,6 +23,7 @@ from emu.memory import GuestMemory
 START_MAGIC = 0x336E_C578
 START_VERSION = 1  # version 1 adds memmap_paddr / memmap_entries
 START_INFO = struct.Struct("<IIIIQQQQII")  # magic version flags nr_modules modlist cmdline rsdp memmap entries rsvd
+START_INFO_RSDP = 32  # offset of rsdp_paddr in START_INFO
 MODLIST_ENTRY = struct.Struct("<QQQQ")  # paddr size cmdline_paddr reserved
 MEMMAP_ENTRY = struct.Struct("<QQII")  # addr size type reserved (type: E820 numbering)
 LIMIT_4G = 1 << 32

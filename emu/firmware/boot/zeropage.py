@@ -10,6 +10,7 @@ from emu.errors import EmuError
 from emu.firmware.tables.e820 import E820Entry
 
 ZERO_PAGE_SIZE = 4096
+ACPI_RSDP_ADDR = 0x070  # u64 (boot protocol 2.14+): where the RSDP is, so the kernel need not scan
 E820_ENTRIES = 0x1E8  # u8
 SETUP_HEADER = 0x1F1  # struct setup_header starts here, in the kernel image and in boot_params
 SETUP_HEADER_MAX_END = 0x290  # hdr plus its padding; edd_mbr_sig_buffer follows

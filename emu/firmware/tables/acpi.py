@@ -1,0 +1,243 @@
+"""ACPI tables for direct kernel boot (`--acpi on`): RSDP, RSDT/XSDT, FADT + FACS, DSDT, and a
+MADT when the backend has a local APIC.
+
+Why each choice (Linux 6.1, arch/x86/kernel/acpi/boot.c and drivers/acpi):
+- The FADT is a full (not hardware-reduced) one: HW_REDUCED_ACPI makes x86 Linux replace the
+  8259 with `null_legacy_pic` and drop the PIT, which under Unicorn are the only interrupt
+  controller and timer. A full FADT needs PM1a event/control blocks and a PM timer; they are
+  emu/devices/acpi_pm.py. SMI_CMD = 0 means "already in ACPI mode" (ACPICA's acpi_hw_get_mode),
+  and PM1a_CNT reads back with SCI_EN set.
+- Under Unicorn there is no MADT: the CPU model has no local APIC, and with no MADT Linux keeps
+  PIC mode ("ACPI wants UP PIC mode"). Under KVM the MADT lists the in-kernel LAPIC and IOAPIC,
+  ISA IRQ n on pin n as the MP table says, and an override giving the SCI level/active-high
+  (ACPI's default for an SCI is active-low, which would read as asserted on an idle line).
+- The DSDT lists each virtio-mmio device as LNRO0005 (the ACPI ID Linux's virtio_mmio driver
+  matches, as Firecracker does) with its 4 KiB window and its edge-triggered ISA interrupt.
+  PCI0 (PNP0A03) is there too: with ACPI, x86 Linux scans PCI only below such a host bridge.
+
+Everything sits in ACPI_AREA (emu/layout.py), inside the e820-reserved legacy BIOS area, with the
+RSDP at its start: 16-byte aligned in the 0xE0000-0xFFFFF area Linux scans when no boot protocol
+field gives the address.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from emu import layout
+from emu.errors import EmuError
+from emu.firmware.tables import aml
+from emu.memory import GuestMemory
+
+OEM_ID = b"EMU   "
+OEM_TABLE_ID = b"EMUPC   "
+OEM_REVISION = 1
+CREATOR_ID = b"EMU "
+CREATOR_REVISION = 1
+HEADER = struct.Struct("<4sIBB6s8sI4sI")  # signature length revision checksum oem ids, creator
+RSDP = struct.Struct("<8sB6sBIIQB3x")
+GAS = struct.Struct("<BBBBQ")  # space id, bit width, bit offset, access size, address
+SPACE_SYSTEM_IO = 1
+
+FADT_SIZE = 276  # ACPI 6.x layout (through the hypervisor vendor identity)
+FADT_REVISION, FADT_MINOR = 6, 3
+DSDT_REVISION = 2  # 64-bit integers
+MADT_REVISION = 5
+FACS_SIZE = 64
+FACS_ALIGN = 64
+# Register blocks of emu/devices/acpi_pm.py, relative to pm_base (the same split as QEMU's PIIX4).
+PM1_EVT_OFF, PM1_EVT_LEN = 0, 4  # PM1_STS (2 bytes) then PM1_EN (2 bytes)
+PM1_CNT_OFF, PM1_CNT_LEN = 4, 2
+PM_TMR_OFF, PM_TMR_LEN = 8, 4
+PM_BLOCK_SIZE = 12
+
+
+class FadtFlag:
+    WBINVD = 1 << 0
+    PROC_C1 = 1 << 2
+    PWR_BUTTON = 1 << 4  # set: no fixed-feature power button
+    SLP_BUTTON = 1 << 5  # set: no fixed-feature sleep button
+    FIX_RTC = 1 << 6  # set: RTC wake status is not in the fixed register space
+
+
+class BootArch:
+    LEGACY_DEVICES = 1 << 0  # ISA devices (COM1, the RTC) are present
+    I8042 = 1 << 1  # the keyboard controller is present (else Linux skips probing it)
+
+
+C2_DISABLED, C3_DISABLED = 101, 1001  # latencies above 100 / 1000 us mean "not supported"
+
+
+@dataclass(frozen=True)
+class MmioDevice:
+    base: int
+    size: int
+    irq: int
+
+
+@dataclass(frozen=True)
+class PciIntx:
+    """One populated PCI slot's interrupt pin (1-4 = INTA-D) and the ISA line it is wired to."""
+
+    device: int
+    pin: int
+    irq: int
+
+
+@dataclass(frozen=True)
+class AcpiConfig:
+    cpus: int = 1
+    lapic: bool = False  # a MADT with LAPIC + IOAPIC (KVM's in-kernel irqchip)
+    mmio_devices: Sequence[MmioDevice] = field(default_factory=tuple)
+    pci_intx: Sequence[PciIntx] = field(default_factory=tuple)
+    sci_irq: int = layout.IRQ_ACPI_SCI
+    pm_base: int = layout.PORT_ACPI_PM_BASE
+
+
+def checksum(data: bytes) -> int:
+    return -sum(data) & 0xFF
+
+
+def _table(signature: bytes, revision: int, body: bytes) -> bytes:
+    raw = bytearray(HEADER.pack(signature, HEADER.size + len(body), revision, 0, OEM_ID, OEM_TABLE_ID,
+                                OEM_REVISION, CREATOR_ID, CREATOR_REVISION) + body)  # fmt: skip
+    raw[9] = checksum(bytes(raw))
+    return bytes(raw)
+
+
+def _gas_io(port: int, length: int) -> bytes:
+    return GAS.pack(SPACE_SYSTEM_IO, length * 8, 0, 0, port)
+
+
+def dsdt(cfg: AcpiConfig) -> bytes:
+    devices = [
+        aml.device(
+            f"V{i:03X}",
+            aml.name("_HID", aml.string("LNRO0005")),
+            aml.name("_UID", aml.integer(i)),
+            aml.name("_CRS", aml.resource_template(
+                aml.memory32_fixed(d.base, d.size),
+                aml.ExtendedInterrupt((d.irq,)).encode(),
+            )),
+        )
+        for i, d in enumerate(cfg.mmio_devices)
+    ]  # fmt: skip
+    return _table(b"DSDT", DSDT_REVISION, aml.scope("\\_SB", pci_root(cfg), *devices))
+
+
+def pci_root(cfg: AcpiConfig) -> bytes:
+    """PCI0: bus 0 behind configuration mechanism #1, the windows emu assigns BARs from, and a
+    _PRT with each populated slot pin's ISA line as a fixed GSI (level, active low by definition;
+    under the 8259s Linux only sets the line level-triggered in the ELCR)."""
+    windows = aml.resource_template(
+        aml.address_window(aml.Space.BUS, 0, 0),
+        aml.address_window(aml.Space.IO, layout.PCI_IO_BASE, layout.PCI_IO_END - 1),
+        aml.address_window(aml.Space.MEMORY, layout.PCI_MMIO_BASE, layout.PCI_MMIO_END - 1, dword=True),
+    )
+    # _PRT entry: Package(){address (device << 16 | 0xFFFF: any function), pin 0-3, source 0, GSI}.
+    routes = [aml.package(aml.integer(r.device << 16 | 0xFFFF), aml.integer(r.pin - 1), aml.integer(0),
+                          aml.integer(r.irq)) for r in cfg.pci_intx]  # fmt: skip
+    return aml.device(
+        "PCI0",
+        aml.name("_HID", aml.eisa_id("PNP0A03")),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_BBN", aml.integer(0)),
+        aml.name("_CRS", windows),
+        aml.name("_PRT", aml.package(*routes)),
+    )
+
+
+def facs() -> bytes:
+    # Signature, length, hardware signature, waking vector, global lock, flags, X waking vector,
+    # version 2; the rest reserved. No checksum (the FACS has none).
+    return struct.pack("<4sIIIII Q B 31x", b"FACS", FACS_SIZE, 0, 0, 0, 0, 0, 2)
+
+
+def fadt(cfg: AcpiConfig, dsdt_addr: int, facs_addr: int) -> bytes:
+    pm1_evt, pm1_cnt, pm_tmr = cfg.pm_base + PM1_EVT_OFF, cfg.pm_base + PM1_CNT_OFF, cfg.pm_base + PM_TMR_OFF
+    body = bytearray(FADT_SIZE - HEADER.size)
+
+    def put(offset: int, fmt: str, *values: int) -> None:
+        struct.pack_into(fmt, body, offset - HEADER.size, *values)
+
+    put(36, "<II", facs_addr, dsdt_addr)
+    put(46, "<HI", cfg.sci_irq, 0)  # SCI_INT; SMI_CMD 0: no SMM, the OS finds ACPI already enabled
+    put(56, "<I", pm1_evt)
+    put(64, "<I", pm1_cnt)
+    put(76, "<I", pm_tmr)
+    put(88, "<BBBB", PM1_EVT_LEN, PM1_CNT_LEN, 0, PM_TMR_LEN)
+    put(96, "<HH", C2_DISABLED, C3_DISABLED)
+    put(108, "<BH", layout.CMOS_CENTURY, BootArch.LEGACY_DEVICES | BootArch.I8042)
+    put(112, "<I", FadtFlag.WBINVD | FadtFlag.PROC_C1 | FadtFlag.PWR_BUTTON | FadtFlag.SLP_BUTTON | FadtFlag.FIX_RTC)
+    put(131, "<B", FADT_MINOR)
+    put(140, "<Q", dsdt_addr)  # X_DSDT; X_FIRMWARE_CTRL stays 0 (Linux would list the FACS twice)
+    body[148 - HEADER.size : 160 - HEADER.size] = _gas_io(pm1_evt, PM1_EVT_LEN)
+    body[172 - HEADER.size : 184 - HEADER.size] = _gas_io(pm1_cnt, PM1_CNT_LEN)
+    body[208 - HEADER.size : 220 - HEADER.size] = _gas_io(pm_tmr, PM_TMR_LEN)
+    return _table(b"FACP", FADT_REVISION, bytes(body))
+
+
+# MADT entries (ACPI 6.5 section 5.2.12).
+MADT_LAPIC, MADT_IOAPIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
+MADT_PCAT_COMPAT = 1  # dual 8259s are present
+LAPIC_ENABLED = 1
+ISO_ACTIVE_HIGH_LEVEL = 0x1 | 0x3 << 2  # polarity 01 (high), trigger 11 (level)
+ALL_PROCESSORS = 0xFF
+
+
+def madt(cfg: AcpiConfig) -> bytes:
+    ioapic_id = cfg.cpus + 1  # as the MP table numbers it
+    body = struct.pack("<II", layout.LAPIC_BASE, MADT_PCAT_COMPAT)
+    for cpu in range(cfg.cpus):
+        body += struct.pack("<BBBBI", MADT_LAPIC, 8, cpu, cpu, LAPIC_ENABLED)
+    body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id, 0, layout.IOAPIC_BASE, 0)
+    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, cfg.sci_irq, cfg.sci_irq, ISO_ACTIVE_HIGH_LEVEL)
+    body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, 1)  # NMI on LINT1
+    return _table(b"APIC", MADT_REVISION, body)
+
+
+def _align(addr: int, to: int) -> int:
+    return (addr + to - 1) & -to
+
+
+def build(cfg: AcpiConfig, base: int = layout.ACPI_AREA_START) -> dict[int, bytes]:
+    """Every table at its address: {address: bytes}. The RSDP is at `base`."""
+    if not 1 <= cfg.cpus <= 254:
+        raise EmuError(f"the MADT describes 1 to 254 CPUs, not {cfg.cpus}")
+    out: dict[int, bytes] = {}
+    cursor = _align(base + RSDP.size, FACS_ALIGN)
+
+    def place(data: bytes, align: int = 16) -> int:
+        nonlocal cursor
+        addr = _align(cursor, align)
+        out[addr] = data
+        cursor = addr + len(data)
+        return addr
+
+    facs_addr = place(facs(), FACS_ALIGN)
+    dsdt_addr = place(dsdt(cfg))
+    tables = [place(fadt(cfg, dsdt_addr, facs_addr))]
+    if cfg.lapic:
+        tables.append(place(madt(cfg)))
+    rsdt_addr = place(_table(b"RSDT", 1, b"".join(struct.pack("<I", t) for t in tables)))
+    xsdt_addr = place(_table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables)))
+    rsdp = bytearray(RSDP.pack(b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, RSDP.size, xsdt_addr, 0))
+    rsdp[8] = checksum(bytes(rsdp[:20]))  # ACPI 1.0 checksum: the first 20 bytes
+    rsdp[32] = checksum(bytes(rsdp))  # extended checksum: all 36
+    out[base] = bytes(rsdp)
+    if cursor > layout.ACPI_AREA_END:
+        raise EmuError(f"the ACPI tables need {cursor - base} bytes; emu's ACPI area holds "
+                       f"{layout.ACPI_AREA_END - layout.ACPI_AREA_START}")  # fmt: skip
+    return out
+
+
+def write_acpi(memory: GuestMemory, cfg: AcpiConfig) -> int:
+    """Write the tables into guest RAM; returns the RSDP's address."""
+    tables = build(cfg)
+    for addr, data in tables.items():
+        if not memory.contains(addr, len(data)):
+            raise EmuError(f"the ACPI tables at {addr:#x} are outside guest RAM")
+        memory.write(addr, data)
+    return layout.ACPI_AREA_START
