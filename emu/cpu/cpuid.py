@@ -207,7 +207,6 @@ def unicorn_lookup(table: dict[tuple[int, int], Regs], leaf: int, subleaf: int) 
 
 
 KVM_FEATURES = MODEL_FEATURES | KVM_EXTRAS
-FEATURE_LEAVES = (1, 7, 0x8000_0001, 0x8000_0007)
 #: XCR0 components the model allows under KVM: x87, SSE (no AVX: the model has none).
 XCR0_MODEL = 0b11
 XSAVE_AREA_LEGACY = 512 + 64  # legacy region + XSAVE header

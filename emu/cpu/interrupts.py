@@ -172,8 +172,8 @@ def load_descriptor(state: CpuState, lin: LinearMemory, selector: int, ext: int,
     return lin.u64(base + index)
 
 
-def _push_linear(state: CpuState, lin: LinearMemory, ss: Segment, sp: int, values: list[int],
-                 width: int, stack_bits: int, user: bool) -> int:  # fmt: skip
+def _push_linear(lin: LinearMemory, ss: Segment, sp: int, values: list[int], width: int, stack_bits: int,
+                 user: bool) -> int:  # fmt: skip
     """Push values (first pushed first) onto ss:sp; returns the new sp. Atomic on a fault."""
     data = b"".join(v.to_bytes(width, "little", signed=False) for v in reversed(values))
     mask = (1 << stack_bits) - 1
@@ -198,8 +198,7 @@ def _deliver_real(state: CpuState, lin: LinearMemory, ev: Event) -> None:
         raise Fault(13, None, f"IVT entry {v:#x} is beyond the IDT limit {state.idt.limit:#x}")
     entry = lin.u32(state.idt.base + v * 4)
     flags = state.rflags & 0xFFFF
-    sp = _push_linear(state, lin, state.ss, state.rsp & 0xFFFF,
-                      [flags, state.cs.selector, state.rip & 0xFFFF], 2, 16, False)  # fmt: skip
+    sp = _push_linear(lin, state.ss, state.rsp & 0xFFFF, [flags, state.cs.selector, state.rip & 0xFFFF], 2, 16, False)
     state.rsp = (state.rsp & ~0xFFFF) | sp
     state.rflags &= ~(x86.FLAG_IF | x86.FLAG_TF | x86.FLAG_AC | x86.FLAG_RF)
     cs = entry >> 16
@@ -207,7 +206,7 @@ def _deliver_real(state: CpuState, lin: LinearMemory, ev: Event) -> None:
     state.rip = entry & 0xFFFF
 
 
-def _gate_checks(state: CpuState, ev: Event, dpl: int, present: int, gate_ok: bool, gtype: int) -> int:
+def _gate_checks(state: CpuState, ev: Event, dpl: int, present: int, gate_ok: bool, gtype: int) -> None:
     err = ev.vector * 8 + 2 + ev.external
     if not gate_ok:
         raise Fault(13, err, f"IDT entry {ev.vector:#x} is not an interrupt or trap gate (type {gtype:#x})")
@@ -215,7 +214,6 @@ def _gate_checks(state: CpuState, ev: Event, dpl: int, present: int, gate_ok: bo
         raise Fault(13, ev.vector * 8 + 2, f"gate DPL {dpl} < CPL {state.cpl} for a software interrupt")
     if not present:
         raise Fault(11, err, f"IDT entry {ev.vector:#x} is not present")
-    return err
 
 
 def _code_segment(state: CpuState, lin: LinearMemory, selector: int, ev: Event) -> Segment:
@@ -281,11 +279,11 @@ def _deliver_protected(state: CpuState, lin: LinearMemory, ev: Event) -> None:
             raise Fault(12, (new_ss & 0xFFFC) | ev.external, f"TSS ring-{new_cpl} SS is not present")
         frame = [state.ss.selector, state.rsp & 0xFFFF_FFFF, *frame]
         bits = 32 if ss.db else 16
-        sp = _push_linear(state, lin, ss, new_sp, frame, width, bits, False)
+        sp = _push_linear(lin, ss, new_sp, frame, width, bits, False)
         state.ss = ss
     else:
         bits = 32 if state.ss.db else 16
-        sp = _push_linear(state, lin, state.ss, state.rsp, frame, width, bits, new_cpl == 3)
+        sp = _push_linear(lin, state.ss, state.rsp, frame, width, bits, new_cpl == 3)
     mask = 0xFFFF_FFFF if bits == 32 else 0xFFFF
     state.rsp = (state.rsp & ~mask) | sp
     cs.selector = (selector & 0xFFFC) | new_cpl
@@ -316,14 +314,11 @@ def _deliver_long(state: CpuState, lin: LinearMemory, ev: Event) -> None:
     tr = state.tr
     frame = [state.ss.selector, state.rsp, state.rflags, state.cs.selector, state.rip, *_error_code(ev)]
     if ist or new_cpl < cpl:
-        off = 0x24 + 8 * (ist - 1) if ist else 4 + 8 * new_cpl
+        off = x86.tss64_stack_offset(ist, new_cpl)
         if off + 7 > tr.limit:
             raise Fault(10, (tr.selector & 0xFFFC) | ev.external,
                         f"TSS limit {tr.limit:#x} does not hold {'IST' + str(ist) if ist else 'RSP'}")  # fmt: skip
-        rsp = lin.u64(tr.base + off)
-        if ist and rsp == 0:
-            # Not an architectural check: a zero IST pointer is the classic bug; the push faults.
-            pass
+        rsp = lin.u64(tr.base + off)  # a zero IST pointer (the classic bug) faults on the push
     else:
         rsp = state.rsp
     if not x86.canonical(rsp):

@@ -77,12 +77,9 @@ def walk(mem: PhysReader, regs: PagingRegs, linear: int) -> Walk:
         table = regs.cr3 & (ADDR_MASK if long_mode else 0xFFFF_FFE0)
         w = Walk(linear, None)
         for level in levels:
-            if level == "PDPT" and not long_mode:
-                index = (linear >> 30) & 3
-                entry = mem.read_u64(table + 8 * index)
-            else:
-                index = (linear >> shifts[level]) & 0x1FF
-                entry = mem.read_u64(table + 8 * index)
+            # PAE's PDPT has 4 entries (CR3 points at them), every other table 512.
+            index = (linear >> shifts[level]) & (0x1FF if long_mode or level != "PDPT" else 3)
+            entry = mem.read_u64(table + 8 * index)
             w.steps.append(WalkStep(level, table, index, entry))
             if not entry & PTE_P:
                 return w

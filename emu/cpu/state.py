@@ -13,6 +13,8 @@ GPR_NAMES = (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 )  # fmt: skip
 SEGMENT_NAMES = ("cs", "ds", "es", "fs", "gs", "ss")
+# Every segment register with a hidden cache in CpuState: the six above, TR and LDTR.
+ALL_SEGMENT_NAMES = (*SEGMENT_NAMES, "tr", "ldt")
 
 
 class Mode(Enum):

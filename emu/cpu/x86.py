@@ -79,6 +79,7 @@ class Msr(IntEnum):
     SYSENTER_EIP = 0x176
     MISC_ENABLE = 0x1A0
     PAT = 0x277
+    MTRR_DEF_TYPE = 0x2FF
     EFER = 0xC000_0080
     STAR = 0xC000_0081
     LSTAR = 0xC000_0082
@@ -143,6 +144,11 @@ GATE_TRAP16 = 0x7
 GATE_TASK = 0x5
 GATE_INT32 = 0xE  # also the 64-bit interrupt gate
 GATE_TRAP32 = 0xF  # also the 64-bit trap gate
+
+
+def tss64_stack_offset(ist: int = 0, cpl: int = 0) -> int:
+    """Offset of a stack pointer in the 64-bit TSS: ISTn when ist is 1-7, else RSPn for cpl."""
+    return 0x24 + 8 * (ist - 1) if ist else 4 + 8 * cpl
 
 
 def decode_descriptor(raw: int) -> dict[str, int]:

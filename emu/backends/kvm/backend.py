@@ -175,11 +175,9 @@ LAPIC_LVT_LINT1 = 0x360
 LVT_DELIVERY_MASK = 0x700
 LVT_DELIVERY_EXTINT = 0x700
 LVT_DELIVERY_NMI = 0x400
-MSR_IA32_MISC_ENABLE = 0x1A0
-MSR_MTRR_DEF_TYPE = 0x2FF
 BOOT_MSRS = {
-    MSR_IA32_MISC_ENABLE: 1,  # fast-string operations enabled
-    MSR_MTRR_DEF_TYPE: (1 << 11) | 6,  # MTRRs enabled, default type write-back
+    x86.Msr.MISC_ENABLE: 1,  # fast-string operations enabled
+    x86.Msr.MTRR_DEF_TYPE: (1 << 11) | 6,  # MTRRs enabled, default type write-back
 }
 
 
@@ -202,7 +200,6 @@ class KvmBackend(Backend):
         self._readonly: list[tuple[int, int]] = []  # ROM ranges: guest writes there are dropped
         self._bad_msrs: set[int] = set()
         self._guest_debug_flags = 0
-        self.cpuid_entries: list[dict[str, int]] = []
         try:
             self._setup()
         except BaseException:
@@ -279,7 +276,7 @@ class KvmBackend(Backend):
         self.eventfds: KvmEventfds | None = None
         caps = (api.KVM_CAP_IOEVENTFD, api.KVM_CAP_IRQFD, api.KVM_CAP_IRQFD_RESAMPLE)
         if self.use_eventfds and all(self._check_extension(c, vm) > 0 for c in caps):
-            self.eventfds = KvmEventfds(vm, resample=True)
+            self.eventfds = KvmEventfds(vm)
         readonly_ok = self._check_extension(api.KVM_CAP_READONLY_MEM, vm) > 0
         for slot, region in enumerate(self.memory.regions):
             flags = 0
@@ -338,7 +335,6 @@ class KvmBackend(Backend):
             for f in fields:
                 setattr(cpuid.entries[i], f, getattr(e, f))
         cpuid.nent = len(shaped)
-        self.cpuid_entries = [{f: getattr(e, f) for f in fields} for e in shaped]
         ioctl(self._vcpu_fd, api.KVM_SET_CPUID2, cpuid, name="KVM_SET_CPUID2")
 
     def _setup_lapic(self) -> None:
@@ -352,6 +348,14 @@ class KvmBackend(Backend):
             value = (value & ~LVT_DELIVERY_MASK) | mode
             regs[offset : offset + 4] = value.to_bytes(4, "little")
         ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+
+    def irqchip(self, chip_id: int) -> bytes:
+        """The raw state of an in-kernel interrupt chip (KVM_GET_IRQCHIP; 0 and 1: the 8259 pair,
+        2: the IOAPIC), for the debugger's views."""
+        self._check_open()
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        ioctl(self._vm_fd, api.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
+        return bytes(ffi.buffer(chip.chip))
 
     def _save_platform(self) -> tuple[list[Any], Any, Any]:
         """The in-kernel PICs, IOAPIC, PIT and LAPIC as they are now (at power-on)."""
@@ -619,15 +623,11 @@ class KvmBackend(Backend):
         ioctl(self._vcpu_fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
 
     def step(self) -> Exit:
-        self._check_open()
-        dbg = ffi.new("struct kvm_guest_debug *")
-        dbg.control = api.KVM_GUESTDBG_ENABLE | api.KVM_GUESTDBG_SINGLESTEP | self._guest_debug_flags
-        ioctl(self._vcpu_fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
+        self.set_guest_debug(api.KVM_GUESTDBG_SINGLESTEP)
         try:
             return self.run()
         finally:
-            dbg.control = 0
-            ioctl(self._vcpu_fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
+            self.set_guest_debug(0)
 
     # -- state ----------------------------------------------------------------------------------
     def _get_regs(self) -> Any:

@@ -20,9 +20,8 @@ from emu.backends.kvm.api import ffi, ioctl
 class KvmEventfds:
     """Registers and removes ioeventfds and irqfds on a VM fd, counting what is registered."""
 
-    def __init__(self, vm_fd: int, resample: bool) -> None:
+    def __init__(self, vm_fd: int) -> None:
         self._vm_fd = vm_fd
-        self.resample = resample  # KVM_CAP_IRQFD_RESAMPLE: level-triggered irqfds
         self._lock = threading.Lock()
         self.ioeventfds = 0  # registered now (for tests)
         self.irqfds = 0

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
-from emu.cpu.state import GPR_NAMES, CpuState, DescriptorTable, FpuState, Segment
+from emu.cpu.state import ALL_SEGMENT_NAMES, GPR_NAMES, CpuState, DescriptorTable, FpuState, Segment
 
-# kvm_sregs members holding segments, in CpuState's names (identical to KVM's).
-SREG_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
-_SEGMENT_FIELDS = (
-    "base",
-    "limit",
-    "selector",
-    "type",
-    "present",
-    "dpl",
-    "db",
-    "s",
-    "l",
-    "g",
-    "avl",
-    "unusable",
-)
+# Segment is kvm_segment field for field (same names); kvm_sregs names its segments as CpuState.
+_SEGMENT_FIELDS = tuple(f.name for f in dataclasses.fields(Segment))
 
 CData = Any  # a cffi cdata object (cffi ships no type information)
 
@@ -52,7 +39,7 @@ def state_to_regs(state: CpuState, regs: CData) -> None:
 
 
 def sregs_to_state(sregs: CData, state: CpuState) -> None:
-    for name in SREG_SEGMENTS:
+    for name in ALL_SEGMENT_NAMES:
         setattr(state, name, segment_from_kvm(getattr(sregs, name)))
     state.gdt = DescriptorTable(int(sregs.gdt.base), int(sregs.gdt.limit))
     state.idt = DescriptorTable(int(sregs.idt.base), int(sregs.idt.limit))
@@ -62,7 +49,7 @@ def sregs_to_state(sregs: CData, state: CpuState) -> None:
 
 def state_to_sregs(state: CpuState, sregs: CData) -> None:
     """Fill `sregs` from `state`; apic_base is left as the caller read it from KVM."""
-    for name in SREG_SEGMENTS:
+    for name in ALL_SEGMENT_NAMES:
         segment_to_kvm(getattr(state, name), getattr(sregs, name))
     for name in ("gdt", "idt"):
         table, k = getattr(state, name), getattr(sregs, name)

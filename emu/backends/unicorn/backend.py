@@ -11,7 +11,6 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 import unicorn
@@ -23,23 +22,13 @@ from emu.backends.unicorn import rawstate as R
 from emu.backends.unicorn.kick import BlockKick, TraceEntry
 from emu.bus import Bus
 from emu.cpu import cpuid, paging, x86
-from emu.cpu.interrupts import (
-    ChainLink,
-    Event,
-    EventKind,
-    TripleFault,
-    Unsupported,
-    deliver_with_escalation,
-)
-from emu.cpu.state import CpuState, FpuState, Segment
+from emu.cpu.interrupts import Event, EventKind, TripleFault, Unsupported, deliver_with_escalation
+from emu.cpu.state import ALL_SEGMENT_NAMES, CpuState, FpuState, Segment
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.unicorn")
 
-# QEMU's regs[] order.
-_RAW_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 _FP_REGS = [getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)]
 _XMM_REGS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # a linear address code never reaches: run until stopped
@@ -103,8 +92,6 @@ class UnicornBackend(Backend):
         self._closed = False
         self.tsc_khz = host_tsc_khz()
         self._cpuid = cpuid.unicorn_table(self.tsc_khz)
-        #: The recent delivered events (for fault reports): (chain, state before delivery).
-        self.recent_events: deque[list[ChainLink]] = deque(maxlen=16)
         self._map_memory()
         self._add_hooks()
         self._kick = BlockKick(self.uc)
@@ -172,7 +159,7 @@ class UnicornBackend(Backend):
             kind = EventKind.SOFTWARE_EXC if opcode in (0xCC, 0xCE) else EventKind.SOFTWARE_INT
             ev = Event(intno, kind)
         else:
-            err = raw.i32(R.OFF_ERROR_CODE) & 0xFFFF_FFFF if intno in x86.ERROR_CODE_VECTORS else None
+            err = raw.u32(R.OFF_ERROR_CODE) if intno in x86.ERROR_CODE_VECTORS else None
             ev = Event(intno, EventKind.EXCEPTION, err, raw.cr(2) if intno == 14 else None)
         self._deliver(raw, ev)
 
@@ -212,12 +199,12 @@ class UnicornBackend(Backend):
     def _on_sysenter(self, uc: unicorn.Uc, _ud: object) -> None:
         """SYSENTER (SDM vol. 2B), for 32-bit code; Unicorn treats it like SYSCALL (hook only)."""
         raw = R.RawContext.save(uc)
-        cs_sel = uc.reg_read(X.UC_X86_REG_MSR, 0x174) & 0xFFFC
+        cs_sel = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.SYSENTER_CS) & 0xFFFC
         if not raw.cr(0) & x86.Cr0.PE or cs_sel == 0:
             self._deliver(raw, Event(13, EventKind.EXCEPTION, 0), rip_bias=_SYSCALL_LEN)
             return
-        esp = uc.reg_read(X.UC_X86_REG_MSR, 0x175)
-        eip = uc.reg_read(X.UC_X86_REG_MSR, 0x176)
+        esp = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.SYSENTER_ESP)
+        eip = uc.reg_read(X.UC_X86_REG_MSR, x86.Msr.SYSENTER_EIP)
         long_mode = bool(raw.u64(R.OFF_EFER) & x86.Efer.LMA)
         if not long_mode:
             esp, eip = esp & 0xFFFF_FFFF, eip & 0xFFFF_FFFF
@@ -228,10 +215,8 @@ class UnicornBackend(Backend):
         self._finish_fast_call(raw, eip, rflags & ~(x86.FLAG_IF | x86.FLAG_RF | x86.FLAG_VM) | 2)
 
     def _finish_fast_call(self, raw: R.RawContext, target: int, rflags: int) -> None:
-        raw.set_u64(R.OFF_EIP, (target - _SYSCALL_LEN) & 0xFFFF_FFFF_FFFF_FFFF)
-        raw.recompute_hflags(rflags)
-        raw.restore(self.uc)
-        self.uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
+        raw.set_u64(R.OFF_EIP, target - _SYSCALL_LEN)  # set_u64 wraps
+        raw.commit(self.uc, rflags)
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
         self._deliver(R.RawContext.save(uc), Event(6, EventKind.EXCEPTION))
@@ -249,21 +234,21 @@ class UnicornBackend(Backend):
             return -1
 
     def _linear_pc(self, raw: R.RawContext) -> int:
-        rip = raw.u64(R.OFF_EIP)
-        if raw.u64(R.OFF_EFER) & x86.Efer.LMA and raw.segment("cs").l:
+        rip, cs = raw.u64(R.OFF_EIP), raw.segment("cs")
+        if raw.u64(R.OFF_EFER) & x86.Efer.LMA and cs.l:
             return rip
-        return (raw.segment("cs").base + rip) & 0xFFFF_FFFF
+        return (cs.base + rip) & 0xFFFF_FFFF
 
-    def _deliver(self, raw: R.RawContext, ev: Event, rip_bias: int = 0) -> bool:
+    def _deliver(self, raw: R.RawContext, ev: Event, rip_bias: int = 0) -> None:
         """Deliver `ev` in Python. `rip_bias`: what Unicorn adds to RIP after the hook returns
-        (SYSCALL/SYSENTER hooks). False when delivery ended the run (triple fault, error)."""
+        (SYSCALL/SYSENTER hooks). A triple fault or an unsupported path ends the run."""
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)  # Unicorn bug #1883: a stale value fakes a #DF later
         if self.on_event is not None:
             self.on_event(ev)  # the debugger's catchpoints (emu/debugger/unicorn_engine.py)
         rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
         state = self._state_from_raw(raw, rflags)
         try:
-            chain = deliver_with_escalation(state, self.memory, ev)
+            deliver_with_escalation(state, self.memory, ev)
         except TripleFault as tf:
             raw.restore(self.uc)
             # `raw` is still the state at the fault: re-read it rather than copy on every delivery.
@@ -271,13 +256,12 @@ class UnicornBackend(Backend):
             # `state` is where the chain left the CPU (CR2 of its last #PF); for fault reports.
             detail = {"chain": tf.chain, "state": before, "final_state": state}
             self._stop_with(Exit(ExitKind.SHUTDOWN, str(tf), detail))
-            return False
+            return
         except Unsupported as u:
             raw.restore(self.uc)
             before = self._state_from_raw(raw, rflags)
             self._stop_with(Exit(ExitKind.ERROR, f"cannot deliver {ev.describe()}: {u}", {"state": before}))
-            return False
-        self.recent_events.append(chain)
+            return
         # Delivery changes CS, SS, RSP, RIP, RFLAGS (and CR2): write them back.
         raw.set_segment("cs", state.cs)
         raw.set_segment("ss", state.ss)
@@ -285,13 +269,10 @@ class UnicornBackend(Backend):
         # RIP goes in through the raw state only: after an INTR hook Unicorn resumes at
         # exception_next_eip, and a reg_write(RIP) inside a hook makes Unicorn restart the
         # handler's first block after a later stop (its instructions would run twice).
-        raw.set_u64(R.OFF_EIP, (state.rip - rip_bias) & 0xFFFF_FFFF_FFFF_FFFF)
+        raw.set_u64(R.OFF_EIP, state.rip - rip_bias)
         raw.set_u64(R.OFF_EXCEPTION_NEXT_EIP, state.rip)
         raw.set_cr(2, state.cr2)
-        raw.recompute_hflags(state.rflags)
-        raw.restore(self.uc)
-        self.uc.reg_write(X.UC_X86_REG_RFLAGS, state.rflags)
-        return True
+        raw.commit(self.uc, state.rflags)
 
     def _stop_with(self, exit_: Exit) -> None:
         self._pending = exit_
@@ -500,13 +481,13 @@ class UnicornBackend(Backend):
     # -- state ------------------------------------------------------------------------------------
     def _state_from_raw(self, raw: R.RawContext, rflags: int) -> CpuState:
         s = CpuState()
-        for i, name in enumerate(_RAW_GPRS):
+        for i, name in enumerate(R.RAW_GPRS):
             setattr(s, name, raw.u64(R.OFF_REGS + 8 * i))
         s.rip = raw.u64(R.OFF_EIP)
         s.rflags = rflags
         s.cr0, s.cr2, s.cr3, s.cr4 = raw.cr(0), raw.cr(2), raw.cr(3), raw.cr(4)
         s.efer = raw.u64(R.OFF_EFER)
-        for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+        for name in ALL_SEGMENT_NAMES:
             setattr(s, name, raw.segment(name))
         s.gdt, s.idt = raw.table("gdt"), raw.table("idt")
         return s
@@ -533,13 +514,13 @@ class UnicornBackend(Backend):
     def set_state(self, state: CpuState) -> None:
         uc = self.uc
         raw = R.RawContext.save(uc)
-        for i, name in enumerate(_RAW_GPRS):
+        for i, name in enumerate(R.RAW_GPRS):
             raw.set_u64(R.OFF_REGS + 8 * i, getattr(state, name))
         raw.set_u64(R.OFF_EIP, state.rip)
         for i, v in enumerate((state.cr0, 0, state.cr2, state.cr3, state.cr4)):
             raw.set_cr(i, v)
         raw.set_u64(R.OFF_EFER, state.efer)
-        for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+        for name in ALL_SEGMENT_NAMES:
             raw.set_segment(name, getattr(state, name))
         raw.set_table("gdt", state.gdt)
         raw.set_table("idt", state.idt)
@@ -548,9 +529,7 @@ class UnicornBackend(Backend):
         raw.set_u64(R.OFF_DR + 48, state.dr6)
         raw.set_u64(R.OFF_DR + 56, state.dr7)
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)
-        raw.recompute_hflags(state.rflags)
-        raw.restore(uc)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, state.rflags)
+        raw.commit(uc, state.rflags)
         uc.reg_write(X.UC_X86_REG_CR8, state.cr8)
         for m, v in state.msrs.items():
             uc.reg_write(X.UC_X86_REG_MSR, (m, v))
@@ -568,10 +547,9 @@ class UnicornBackend(Backend):
         uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
     def close(self) -> None:
-        # Unicorn frees the engine when the object is collected; drop our references.
+        # Unicorn frees the engine when the object is collected; only the window-poll thread ends.
         self._closed = True
         self._window.set()
-        self.recent_events.clear()
 
 
 def _fp_to_bytes(v: tuple[int, int]) -> bytes:

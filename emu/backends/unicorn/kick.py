@@ -47,23 +47,25 @@ class BlockKick:
         self._cell = ffi.new("struct emu_kick *")
         stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         self._cell.stop = ffi.cast("int (*)(void *)", stop)
-        hook = ffi.cast("uintptr_t", ffi.addressof(lib, "emu_kick_block_hook"))
-        cell = ffi.cast("uintptr_t", self._cell)
-        self._handle = uc_hook_h()
-        err = uclib.uc_hook_add(
-            uc._uch, ctypes.byref(self._handle), unicorn.UC_HOOK_BLOCK,
-            ctypes.c_void_p(int(hook)), ctypes.c_void_p(int(cell)), 1, 0,
-        )  # fmt: skip
-        if err != unicorn.UC_ERR_OK:
-            raise unicorn.UcError(err)
         self._cell.stop_at_bytes = _NEVER
         self._uc = uc
-        self._hooks: list[object] = []
+        self._add_hook(unicorn.UC_HOOK_BLOCK, "emu_kick_block_hook")
         self._env = find_env_address(uc)
-        self.records_hflags = self._env is not None
         if self._env is not None:
             self._cell.hflags = ffi.cast("const uint32_t *", self._env + R.OFF_HFLAGS)
             self._cell.regs = ffi.cast("uint64_t *", self._env + R.OFF_REGS)
+
+    def _add_hook(self, kind: int, func: str, *extra: object) -> None:
+        """Add one of kick.c's functions as a hook over every address, with the cell as its
+        user data (Unicorn's Python binding only takes Python callables)."""
+        hook = ffi.cast("uintptr_t", ffi.addressof(lib, func))
+        cell = ffi.cast("uintptr_t", self._cell)
+        err = uclib.uc_hook_add(
+            self._uc._uch, ctypes.byref(uc_hook_h()), kind,
+            ctypes.c_void_p(int(hook)), ctypes.c_void_p(int(cell)), 1, 0, *extra,
+        )  # fmt: skip
+        if err != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(err)
 
     def request(self) -> None:
         """From any thread, never blocks. A request made while no guest code runs stays armed
@@ -86,7 +88,7 @@ class BlockKick:
         out = []
         for i in range(max(0, count - length), count):
             e = cell.trace[i % length]
-            hflags = int(e.hflags) if self.records_hflags else None
+            hflags = int(e.hflags) if self._env is not None else None
             out.append(TraceEntry(int(e.address), int(e.size), int(e.repeat), hflags))
         return out
 
@@ -96,16 +98,7 @@ class BlockKick:
         if self._env is None:
             raise BackendUnavailable("--deterministic: emu cannot find Unicorn's CPU state to virtualise rdtsc")
         self._cell.tsc_khz = tsc_khz
-        hook = ffi.cast("uintptr_t", ffi.addressof(lib, "emu_rdtsc_hook"))
-        cell = ffi.cast("uintptr_t", self._cell)
-        handle = uc_hook_h()
-        err = uclib.uc_hook_add(
-            self._uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN, ctypes.c_void_p(int(hook)),
-            ctypes.c_void_p(int(cell)), 1, 0, ctypes.c_int(unicorn.x86_const.UC_X86_INS_RDTSC),
-        )  # fmt: skip
-        if err != unicorn.UC_ERR_OK:
-            raise unicorn.UcError(err)
-        self._hooks.append(handle)
+        self._add_hook(unicorn.UC_HOOK_INSN, "emu_rdtsc_hook", ctypes.c_int(unicorn.x86_const.UC_X86_INS_RDTSC))
 
     @property
     def virtual_ns(self) -> int:
@@ -133,7 +126,7 @@ def find_env_address(uc: unicorn.Uc) -> int | None:
     CPUState whose env pointer leads to bytes equal to a just-saved context. Memory is read through
     /proc/self/mem, so a word that is not a pointer gives an error instead of a crash."""
     marks = [0x454D_5554_5241_4345 + i for i in range(8)]  # distinctive R8-R15 for the match
-    saved = [uc.reg_read(X) for X in _R8_R15]
+    saved = [uc.reg_read(reg) for reg in _R8_R15]
     for reg, v in zip(_R8_R15, marks, strict=True):
         uc.reg_write(reg, v)
     try:

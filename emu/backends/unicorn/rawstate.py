@@ -23,11 +23,11 @@ from emu.cpu.state import DescriptorTable, Segment
 CONTEXT_HEADER = 40
 
 # Offsets inside CPUX86State (measured on unicorn 2.1.4, x86-64 target).
-OFF_REGS = 0  # 16 x u64
+OFF_REGS = 0  # 16 x u64, in QEMU's regs[] order:
+RAW_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 OFF_EIP = 128
-OFF_EFLAGS = 136
 OFF_HFLAGS = 176
-OFF_HFLAGS2 = 180
 OFF_SEGS = 184  # es cs ss ds fs gs, 24 bytes each: u32 selector, pad, u64 base, u32 limit, u32 flags
 SEG_SIZE = 24
 OFF_LDT = 328
@@ -108,6 +108,13 @@ class RawContext:
 
     def restore(self, uc: unicorn.Uc) -> None:
         uc.context_restore(self.ctx)
+
+    def commit(self, uc: unicorn.Uc, rflags: int) -> None:
+        """Restore an edited context that runs on with `rflags`: hflags recomputed first, RFLAGS
+        written through the API last (QEMU keeps the arithmetic flags and DF outside `eflags`)."""
+        self.recompute_hflags(rflags)
+        self.restore(uc)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
 
     # -- scalar fields --------------------------------------------------------------------------
     def u64(self, off: int) -> int:
