@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from emu import layout
 from emu.bus import Bus
-from emu.firmware.tables.acpi import PM1_CNT_OFF, PM1_EVT_OFF, PM_BLOCK_SIZE, PM_TMR_OFF
 from emu.timers import Clock
 
 log = logging.getLogger("emu.acpi")
@@ -35,7 +35,7 @@ class AcpiPm:
         self.reset()
 
     def register(self, bus: Bus) -> None:
-        bus.register_pio(self.base, PM_BLOCK_SIZE, self, "acpi-pm")
+        bus.register_pio(self.base, layout.ACPI_PM_BLOCK_SIZE, self, "acpi-pm")
 
     def reset(self) -> None:
         self.pm1_sts = 0
@@ -67,13 +67,13 @@ class AcpiPm:
             self._write16(reg, part << (8 * (lo - reg)), mask)
 
     def _write16(self, reg: int, value: int, mask: int) -> None:
-        if reg == PM1_EVT_OFF:
+        if reg == layout.ACPI_PM1_EVT_OFF:
             self.pm1_sts &= ~(value & PM1_STS_WRITABLE)
-        elif reg == PM1_EVT_OFF + 2:
+        elif reg == layout.ACPI_PM1_EVT_OFF + 2:
             self.pm1_en = (self.pm1_en & ~mask) | (value & mask & PM1_EN_WRITABLE)
-        elif reg == PM1_CNT_OFF:
+        elif reg == layout.ACPI_PM1_CNT_OFF:
             self.pm1_cnt = (self.pm1_cnt & ~(mask & PM1_CNT_WRITABLE)) | (value & mask & PM1_CNT_WRITABLE) | SCI_EN
             if value & mask & SLP_EN:
                 log.info("acpi: sleep request SLP_TYP=%d ignored (no sleep states)", (value >> 10) & 7)
-        elif reg >= PM_TMR_OFF:
+        elif reg >= layout.ACPI_PM_TMR_OFF:
             pass  # the timer is read-only

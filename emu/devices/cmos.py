@@ -444,6 +444,6 @@ class Cmos:
         self._update_checksum()
 
     def _update_checksum(self) -> None:
-        total = sum(self._ram[0x10 : layout.CMOS_CHECKSUM]) & 0xFFFF
+        total = sum(self._ram[layout.CMOS_FLOPPY_TYPES : layout.CMOS_CHECKSUM]) & 0xFFFF  # 0x10-0x2D
         self._ram[layout.CMOS_CHECKSUM] = total >> 8
         self._ram[layout.CMOS_CHECKSUM + 1] = total & 0xFF

@@ -189,10 +189,6 @@ class I8042:
     def a20(self) -> bool:
         return bool(self._outport & OUTPORT_A20)
 
-    @property
-    def command_byte(self) -> int:
-        return self._ram[0]
-
     def feed(self, scancodes: bytes) -> None:
         """Key bytes from the host, exactly as the guest should read them from port 0x60
         (emu does not translate set 2 to set 1). Dropped while the guest has scanning off."""

@@ -312,10 +312,6 @@ class PicPair:
                 self._slave.set_line(line - 8, level)
             self._update()
 
-    def irq_line(self, line: int) -> Callable[[bool], None]:
-        """A device's IRQ callback for `line`."""
-        return lambda level: self.set_irq(line, level)
-
     @property
     def intr(self) -> bool:
         return self._intr

@@ -148,10 +148,6 @@ class PciFunction:
 
     # -- fields -----------------------------------------------------------------------------------
     @property
-    def vendor_id(self) -> int:
-        return struct.unpack_from("<H", self.cfg, VENDOR_ID)[0]
-
-    @property
     def command(self) -> Command:
         return Command(struct.unpack_from("<H", self.cfg, COMMAND)[0])
 

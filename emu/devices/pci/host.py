@@ -23,7 +23,6 @@ from emu.errors import EmuError
 log = logging.getLogger("emu.pci")
 
 ENABLE = 1 << 31
-DEVICES_PER_BUS = 32
 SetIrq = Callable[[int, bool], None]
 
 # Intel 440FX host bridge IDs (what QEMU's pc machine shows; Linux's PCI sanity check wants a

@@ -80,6 +80,9 @@ class VirtioBlk(VirtioDevice):
             0, 0, 1, MAX_ZERO_SECTORS, 1, 1, MAX_ZERO_SECTORS, 1, 0,
         )  # fmt: skip
 
+    def close(self) -> None:
+        self.disk.close()
+
     # -- requests ---------------------------------------------------------------------------------
     def handle(self, queue: Virtqueue, chain: Chain) -> int:
         self.requests += 1

@@ -73,11 +73,8 @@ class VirtioConsole(VirtioDevice):
 
     def _deliver(self) -> None:
         with self.lock:
-            self._deliver_locked()
-
-    def _deliver_locked(self) -> None:
-        if self.queue_live(RX):
-            self.guarded(lambda: self._fill(self.queues[RX]))
+            if self.queue_live(RX):
+                self.guarded(lambda: self._fill(self.queues[RX]))
 
     def _fill(self, q: Virtqueue) -> None:
         while len(self.inbox):

@@ -79,6 +79,9 @@ class VirtioDevice:
     def device_reset(self) -> None:
         """Device-specific state back to its reset value."""
 
+    def close(self) -> None:
+        """Release host resources (image file, tap, output sink) when the machine goes."""
+
     # -- negotiation and status -----------------------------------------------------------------
     def offered_features(self) -> int:
         """What the device offers on this transport: a modern device must offer VERSION_1; a
@@ -100,7 +103,7 @@ class VirtioDevice:
         self.status = Status(0)
         self.driver_features = 0
         self.isr = 0
-        self.config_generation = 0
+        self.config_generation = 0  # no device changes its configuration at run time (yet)
         for q in self.queues:
             q.reset()
         self.device_reset()
@@ -112,6 +115,10 @@ class VirtioDevice:
             return  # features are fixed once FEATURES_OK is set (or only two words exist)
         shift = 32 * word
         self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
+
+    def features_word(self, word: int) -> int:
+        """DeviceFeatures read of 32-bit word `word` (0 beyond the two words that exist)."""
+        return (self.offered_features() >> (32 * word)) & 0xFFFF_FFFF if word < 2 else 0
 
     def has(self, feature: int) -> bool:
         return bool(self.driver_features & feature)
@@ -153,6 +160,38 @@ class VirtioDevice:
             self.raise_isr(ISR_CONFIG_CHANGE)
 
     # -- queues -----------------------------------------------------------------------------------
+    def queue(self, index: int) -> Virtqueue | None:
+        """The queue a transport's queue selector names (None: no such queue)."""
+        return self.queues[index] if index < len(self.queues) else None
+
+    def queue_to_set_up(self, index: int, what: str) -> Virtqueue | None:
+        """Queue `index` for a write of its setup field `what`: None (and NEEDS_RESET) when the
+        queue does not exist or is live, as every transport's setup registers require."""
+        q = self.queue(index)
+        if q is None:
+            self.fail(f"{what} for queue {index}, which does not exist")
+        elif q.ready:
+            self.fail(f"{what} written while queue {index} is live")
+        else:
+            return q
+        return None
+
+    def set_legacy_queue(self, index: int, addr: int, size: int | None = None) -> None:
+        """A legacy QueuePFN write (both legacy transports): the rings in one block at `addr`
+        (Virtqueue.place_legacy), address 0 stops the queue. `size` overrides the queue size first
+        (legacy virtio-pci has no QueueNum: the queue takes its maximum)."""
+        q = self.queue(index)
+        if q is not None and addr == 0:
+            q.ready = False  # the driver stops the queue
+            return
+        q = self.queue_to_set_up(index, "QueuePFN")
+        if q is None:
+            return
+        if size is not None:
+            q.size = size
+        q.place_legacy(addr)
+        self.enable_queue(q)
+
     def enable_queue(self, q: Virtqueue) -> None:
         try:
             q.enable(self.has(F_INDIRECT_DESC), self.has(F_EVENT_IDX))
@@ -240,8 +279,3 @@ class VirtioDevice:
         if offset < 0 or offset + size > len(data):
             return 0
         return int.from_bytes(data[offset : offset + size], "little")
-
-    def config_changed(self) -> None:
-        self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
-        if self.status & Status.DRIVER_OK:
-            self.raise_isr(ISR_CONFIG_CHANGE)

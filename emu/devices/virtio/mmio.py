@@ -13,10 +13,10 @@ import logging
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from emu import layout
 from emu.bus import Bus
 from emu.devices.virtio.constants import VENDOR_ID
 from emu.devices.virtio.device import IrqLine, VirtioDevice
-from emu.devices.virtio.queue import Virtqueue
 
 if TYPE_CHECKING:
     from emu.devices.virtio.eventfd import DeviceThread
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("emu.virtio")
 
 MAGIC = 0x74726976  # "virt"
-SLOT_SIZE = 0x1000
 CONFIG_OFFSET = 0x100
 
 
@@ -91,7 +90,7 @@ class VirtioMmio:
         return "mmio-legacy" if self.version == 1 else "mmio"
 
     def register(self, bus: Bus) -> None:
-        bus.register_mmio(self.base, SLOT_SIZE, self, f"virtio-{self.kind} {self.device.name}")
+        bus.register_mmio(self.base, layout.VIRTIO_MMIO_SLOT_SIZE, self, f"virtio-{self.kind} {self.device.name}")
 
     def cmdline_word(self) -> str:
         """How Linux learns about this device (drivers/virtio/virtio_mmio.c `device=` parameter)."""
@@ -104,10 +103,6 @@ class VirtioMmio:
         self.queue_sel = 0
         self.guest_page_size = 4096
         self.device.reset()
-
-    def _queue(self) -> Virtqueue | None:
-        qs = self.device.queues
-        return qs[self.queue_sel] if self.queue_sel < len(qs) else None
 
     # -- register accesses (vCPU thread; under the device's lock, see device.py) --------------
     def mmio_read(self, offset: int, size: int) -> int:
@@ -129,7 +124,7 @@ class VirtioMmio:
         if (self.version == 1 and offset in _MODERN_ONLY) or (self.version == 2 and offset in _LEGACY_ONLY):
             log.debug("%s: read of %s, which version %d does not have", dev.label, _NAMES[offset], self.version)
             return 0
-        q = self._queue()
+        q = dev.queue(self.queue_sel)
         match offset:
             case Reg.MAGIC:
                 return MAGIC
@@ -140,9 +135,7 @@ class VirtioMmio:
             case Reg.VENDOR_ID:
                 return VENDOR_ID
             case Reg.DEVICE_FEATURES:
-                if self.device_features_sel > 1:
-                    return 0
-                return (dev.offered_features() >> (32 * self.device_features_sel)) & 0xFFFF_FFFF
+                return dev.features_word(self.device_features_sel)
             case Reg.QUEUE_NUM_MAX:
                 return q.max_size if q is not None else 0  # 0: no such queue
             case Reg.QUEUE_PFN:
@@ -171,7 +164,6 @@ class VirtioMmio:
         if (self.version == 1 and offset in _MODERN_ONLY) or (self.version == 2 and offset in _LEGACY_ONLY):
             log.debug("%s: write of %s, which version %d does not have", dev.label, _NAMES[offset], self.version)
             return
-        q = self._queue()
         match offset:
             case Reg.DEVICE_FEATURES_SEL:
                 self.device_features_sel = value
@@ -187,18 +179,19 @@ class VirtioMmio:
             case Reg.QUEUE_SEL:
                 self.queue_sel = value
             case Reg.QUEUE_NUM:
-                if self._queue_writable(q, "QueueNum"):
+                if (q := dev.queue_to_set_up(self.queue_sel, "QueueNum")) is not None:
                     q.size = value
             case Reg.QUEUE_ALIGN:
-                if self._queue_writable(q, "QueueAlign"):
+                if (q := dev.queue_to_set_up(self.queue_sel, "QueueAlign")) is not None:
                     if value == 0 or value & (value - 1):
                         dev.fail(f"queue alignment {value:#x} is not a power of two")
                     else:
                         q.legacy_align = value
             case Reg.QUEUE_PFN:
-                self._legacy_pfn(q, value)
+                # One page-aligned block: descriptors, available ring, used ring at QueueAlign.
+                dev.set_legacy_queue(self.queue_sel, value * self.guest_page_size)
             case Reg.QUEUE_READY:
-                if q is None:
+                if (q := dev.queue(self.queue_sel)) is None:
                     dev.fail(f"QueueReady for queue {self.queue_sel}, which does not exist")
                 elif value & 1 and not q.ready:
                     dev.enable_queue(q)
@@ -213,43 +206,18 @@ class VirtioMmio:
                 if value == 0:
                     self.device_features_sel = self.driver_features_sel = self.queue_sel = 0
             case Reg.QUEUE_DESC_LOW | Reg.QUEUE_DESC_HIGH:
-                if self._queue_writable(q, "QueueDesc"):
+                if (q := dev.queue_to_set_up(self.queue_sel, "QueueDesc")) is not None:
                     q.desc_addr = _set_half(q.desc_addr, offset == Reg.QUEUE_DESC_HIGH, value)
             case Reg.QUEUE_DRIVER_LOW | Reg.QUEUE_DRIVER_HIGH:
-                if self._queue_writable(q, "QueueDriver"):
+                if (q := dev.queue_to_set_up(self.queue_sel, "QueueDriver")) is not None:
                     q.avail_addr = _set_half(q.avail_addr, offset == Reg.QUEUE_DRIVER_HIGH, value)
             case Reg.QUEUE_DEVICE_LOW | Reg.QUEUE_DEVICE_HIGH:
-                if self._queue_writable(q, "QueueDevice"):
+                if (q := dev.queue_to_set_up(self.queue_sel, "QueueDevice")) is not None:
                     q.used_addr = _set_half(q.used_addr, offset == Reg.QUEUE_DEVICE_HIGH, value)
             case Reg.SHM_SEL:
                 pass
             case _:
                 log.debug("%s: write %#x to read-only or unknown register %#x", dev.label, value, offset)
-
-    def _queue_writable(self, q: Virtqueue | None, what: str) -> bool:
-        if q is None:
-            self.device.fail(f"{what} for queue {self.queue_sel}, which does not exist")
-            return False
-        if q.ready:
-            self.device.fail(f"{what} written while queue {q.index} is live")
-            return False
-        return True
-
-    def _legacy_pfn(self, q: Virtqueue | None, pfn: int) -> None:
-        """Legacy layout: one page-aligned block holding the descriptor table, the available ring,
-        and the used ring at the next QueueAlign boundary; PFN 0 stops the queue."""
-        dev = self.device
-        if q is None:
-            dev.fail(f"QueuePFN for queue {self.queue_sel}, which does not exist")
-            return
-        if pfn == 0:
-            q.ready = False
-            return
-        if q.ready:
-            dev.fail(f"QueuePFN written while queue {q.index} is live")
-            return
-        q.place_legacy(pfn * self.guest_page_size)
-        dev.enable_queue(q)
 
 
 def _set_half(current: int, high: bool, value: int) -> int:

@@ -141,14 +141,11 @@ class VirtioNet(VirtioDevice):
     # -- host → guest (vCPU thread, asked for by the Inbox) --------------------------------------
     def _deliver(self) -> None:
         with self.lock:
-            self._deliver_locked()
-
-    def _deliver_locked(self) -> None:
-        if not self.queue_live(RX):
-            self.rx_dropped += len(self.inbox)  # no driver (yet): the frames go nowhere, as on a real NIC
-            self.inbox.clear()
-            return
-        self.guarded(lambda: self._fill(self.queues[RX]))
+            if self.queue_live(RX):
+                self.guarded(lambda: self._fill(self.queues[RX]))
+            else:
+                self.rx_dropped += len(self.inbox)  # no driver (yet): the frames go nowhere, as on a real NIC
+                self.inbox.clear()
 
     def _fill(self, q: Virtqueue) -> None:
         hdr = HDR.pack(0, GSO_NONE, 0, 0, 0, 0)

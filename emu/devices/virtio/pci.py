@@ -22,7 +22,6 @@ from emu.devices.pci.function import CAP_ID_VENDOR, Bar, BarKind, PciFunction
 from emu.devices.virtio.constants import DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.pci_legacy import LegacyRegs, io_bar_size
-from emu.devices.virtio.queue import Virtqueue
 
 if TYPE_CHECKING:
     from emu.devices.virtio.eventfd import DeviceThread
@@ -151,10 +150,6 @@ class VirtioPci(PciFunction):
         if self.mode is PciMode.TRANSITIONAL and self.device.status == 0 and self.device.legacy != legacy:
             self.device.legacy = legacy
 
-    def selected_queue(self) -> Virtqueue | None:
-        qs = self.device.queues
-        return qs[self.queue_sel] if self.queue_sel < len(qs) else None
-
     def reset(self) -> None:
         """Machine reset: configuration space (host), transport selectors and the device."""
         with self.device.lock:
@@ -235,13 +230,13 @@ class _ModernRegs:
             log.debug("%s: %d-byte read of common config %#x", dev.label, size, offset)
             return 0
         f, inner = hit
-        q = t.selected_queue()
+        q = dev.queue(t.queue_sel)
         value = 0
         match f:
             case Common.DFSELECT:
                 value = t.dfselect
             case Common.DF:
-                value = (dev.offered_features() >> (32 * t.dfselect)) & 0xFFFF_FFFF if t.dfselect < 2 else 0
+                value = dev.features_word(t.dfselect)
             case Common.GFSELECT:
                 value = t.gfselect
             case Common.GF:
@@ -273,7 +268,6 @@ class _ModernRegs:
             log.debug("%s: %d-byte write of common config %#x", dev.label, size, offset)
             return
         f, inner = hit
-        q = t.selected_queue()
         match f:
             case Common.DFSELECT:
                 t.dfselect = value
@@ -288,16 +282,16 @@ class _ModernRegs:
             case Common.QSELECT:
                 t.queue_sel = value
             case Common.QSIZE:
-                if self._queue_writable(q, "queue_size"):
-                    q.size = value  # type: ignore[union-attr]  (validated when enabled)
+                if (q := dev.queue_to_set_up(t.queue_sel, "queue_size")) is not None:
+                    q.size = value  # validated when enabled
             case Common.QENABLE:
-                if q is None:
+                if (q := dev.queue(t.queue_sel)) is None:
                     dev.fail(f"queue_enable for queue {t.queue_sel}, which does not exist")
                 elif value == 1 and not q.ready:
                     dev.enable_queue(q)
             case Common.QDESC | Common.QDRIVER | Common.QDEVICE:
-                if self._queue_writable(q, _QUEUE_ADDR[f]):
-                    attr = _QUEUE_ADDR[f]
+                attr = _QUEUE_ADDR[f]
+                if (q := dev.queue_to_set_up(t.queue_sel, attr)) is not None:
                     shift = 8 * inner
                     mask = ((1 << (8 * size)) - 1) << shift
                     setattr(q, attr, (getattr(q, attr) & ~mask) | (value << shift))
@@ -305,13 +299,3 @@ class _ModernRegs:
                 pass  # no MSI-X: the vector reads back as NO_VECTOR, which tells the driver
             case _:
                 log.debug("%s: write %#x to read-only common config %#x", dev.label, value, offset)
-
-    def _queue_writable(self, q: Virtqueue | None, what: str) -> bool:
-        dev = self.t.device
-        if q is None:
-            dev.fail(f"{what} for queue {self.t.queue_sel}, which does not exist")
-            return False
-        if q.ready:
-            dev.fail(f"{what} written while queue {q.index} is live")
-            return False
-        return True

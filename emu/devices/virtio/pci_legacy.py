@@ -67,7 +67,7 @@ class LegacyRegs:
         if offset >= CONFIG_OFFSET:
             return dev.config_read(offset - CONFIG_OFFSET, size)
         reg = self._reg(offset, size, "read")
-        q = t.selected_queue()
+        q = dev.queue(t.queue_sel)
         match reg:
             case LegacyReg.HOST_FEATURES:
                 return dev.offered_features() & 0xFFFF_FFFF
@@ -96,7 +96,8 @@ class LegacyRegs:
             case LegacyReg.GUEST_FEATURES:
                 dev.set_driver_features(0, value)
             case LegacyReg.QUEUE_PFN:
-                self._pfn(value)
+                # No QueueNum or QueueAlign here: the queue takes its maximum size, 4 KiB alignment.
+                dev.set_legacy_queue(t.queue_sel, value << PAGE_SHIFT, size=dev.queue_max_size)
             case LegacyReg.QUEUE_SEL:
                 t.queue_sel = value
             case LegacyReg.QUEUE_NOTIFY:
@@ -107,17 +108,3 @@ class LegacyRegs:
                     t.queue_sel = 0
             case LegacyReg.HOST_FEATURES | LegacyReg.QUEUE_NUM | LegacyReg.ISR:
                 log.debug("%s: write %#x to read-only legacy register %#x", dev.label, value, offset)
-
-    def _pfn(self, pfn: int) -> None:
-        dev, q = self.t.device, self.t.selected_queue()
-        if q is None:
-            dev.fail(f"QueuePFN for queue {self.t.queue_sel}, which does not exist")
-        elif pfn == 0:
-            q.ready = False  # the driver stops the queue
-        elif q.ready:
-            dev.fail(f"QueuePFN written while queue {q.index} is live")
-        else:
-            q.size = q.max_size  # legacy drivers cannot choose the size
-            q.legacy_align = 1 << PAGE_SHIFT
-            q.place_legacy(pfn << PAGE_SHIFT)
-            dev.enable_queue(q)

@@ -4,6 +4,7 @@ that announce the virtio-mmio ones to Linux."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -43,8 +44,8 @@ def bios_disks(cfg: MachineConfig) -> list[DiskSpec]:
 
 
 def virtio_disks(cfg: MachineConfig) -> list[DiskSpec]:
-    bios = bios_disks(cfg)
-    return [d for d in cfg.disks if not any(d is b for b in bios)]
+    """The disks bios_disks() leaves: all of them under --kernel, else those naming a transport."""
+    return [d for d in cfg.disks if cfg.kernel is not None or d.transport is not None]
 
 
 Transport = VirtioMmio | VirtioPci
@@ -144,15 +145,16 @@ def attach_virtio(
                 devices.append(dev)
                 number = pci.plug(dev)
                 device.label = f"virtio-{dev.kind} 00:{number:02x}.0 {device.name}"
-                where = f"PCI 00:{number:02x}.0 INT{'ABCD'[dev.intx_pin - 1]} -> irq {intx_irq(number, dev.intx_pin)}"
+                irq = intx_irq(number, dev.intx_pin)
+                where = f"PCI 00:{number:02x}.0 INT{'ABCD'[dev.intx_pin - 1]} -> irq {irq}"
                 if eventfds is not None:
-                    _pci_thread(dev, eventfds, intx_irq(number, dev.intx_pin))
+                    _pci_thread(dev, eventfds, irq)
             else:
                 base = layout.VIRTIO_MMIO_BASE + slot * layout.VIRTIO_MMIO_SLOT_SIZE
                 irq = layout.VIRTIO_MMIO_IRQS[slot]
                 slot += 1
-                irq_line = (lambda line: lambda level: set_irq(line, level))(irq)
-                dev = VirtioMmio(device, base, irq, irq_line, legacy=req.transport is VirtioTransport.MMIO_LEGACY)
+                legacy = req.transport is VirtioTransport.MMIO_LEGACY
+                dev = VirtioMmio(device, base, irq, functools.partial(set_irq, irq), legacy=legacy)
                 devices.append(dev)
                 dev.register(bus)
                 where = f"irq {irq}"
@@ -205,12 +207,7 @@ def close_virtio(devices: list[Transport]) -> None:
             dev.io_thread.close()  # before the VM goes: it removes its registrations
             dev.io_thread = None
     for dev in devices:
-        disk = getattr(dev.device, "disk", None)
-        if disk is not None:
-            disk.close()
-        close = getattr(dev.device, "close", None)
-        if close is not None:
-            close()
+        dev.device.close()
 
 
 def find_console(devices: list[Transport]) -> VirtioConsole | None:
