@@ -36,5 +36,4 @@ VGA_FLAGS = 0x489  # u8
 DCC_INDEX = 0x48A  # u8: display combination code index
 KBD_STATUS3 = 0x496  # u8: 101-key keyboard present etc.
 
-BDA_START = 0x400
-BDA_SIZE = 0x100
+BDA_SIZE = 0x100  # from layout.BDA_START

@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import time
 
+from emu import layout
 from emu.bus import Bus
+from emu.devices.cmos import (
+    B_24H,
+    B_DM_BINARY,
+    B_DSE,
+    REG_A,
+    REG_B,
+    REG_CENTURY,
+    REG_DAY,
+    REG_HOURS,
+    REG_MINUTES,
+    REG_MONTH,
+    REG_SECONDS,
+    REG_YEAR,
+)
 from emu.firmware.bios import bda
-from emu.firmware.bios.regs import Regs
+from emu.firmware.bios.regs import UNSUPPORTED, Regs
 from emu.memory import GuestMemory
 
-PORT_INDEX = 0x70
-PORT_DATA = 0x71
-REG_SECONDS, REG_MINUTES, REG_HOURS = 0x00, 0x02, 0x04
-REG_DAY, REG_MONTH, REG_YEAR = 0x07, 0x08, 0x09
-REG_A, REG_B = 0x0A, 0x0B
-REG_CENTURY = 0x32
-B_DST, B_24H, B_BINARY = 0x01, 0x02, 0x04
 TICKS_PER_DAY = 0x1800B0
-UNSUPPORTED = 0x86
 
 
 def bcd(v: int) -> int:
@@ -48,12 +55,12 @@ class Clock:
         self.mem.write_u8(bda.MIDNIGHT, 0)
 
     def _cmos(self, reg: int) -> int:
-        self.bus.pio_write(PORT_INDEX, 1, reg)
-        return self.bus.pio_read(PORT_DATA, 1)
+        self.bus.pio_write(layout.PORT_CMOS_INDEX, 1, reg)
+        return self.bus.pio_read(layout.PORT_CMOS_DATA, 1)
 
     def _cmos_write(self, reg: int, value: int) -> None:
-        self.bus.pio_write(PORT_INDEX, 1, reg)
-        self.bus.pio_write(PORT_DATA, 1, value)
+        self.bus.pio_write(layout.PORT_CMOS_INDEX, 1, reg)
+        self.bus.pio_write(layout.PORT_CMOS_DATA, 1, value)
 
     def _rtc(self, regs: tuple[int, ...]) -> tuple[list[int], int] | None:
         """BCD values of the CMOS registers and register B, or None without a CMOS."""
@@ -61,7 +68,7 @@ class Clock:
             return None
         b = self._cmos(REG_B)
         values = [self._cmos(reg) for reg in regs]
-        if b & B_BINARY:
+        if b & B_DM_BINARY:
             values = [bcd(v & 0x7F) | (v & 0x80) for v in values]
         return values, b
 
@@ -98,7 +105,7 @@ class Clock:
             if not b & B_24H:  # 12-hour clock: bit 7 of the hour is PM
                 h = from_bcd(hours & 0x7F) % 12 + (12 if hours & 0x80 else 0)
                 hours = bcd(h)
-            dst = b & B_DST
+            dst = b & B_DSE
         r.ch, r.cl, r.dh, r.dl = hours, minutes, seconds, dst
         r.ok()
 
@@ -118,5 +125,5 @@ class Clock:
             r.fail(UNSUPPORTED)  # no RTC to set
             return
         for reg, value in values:
-            self._cmos_write(reg, from_bcd(value) if b & B_BINARY else value)
+            self._cmos_write(reg, from_bcd(value) if b & B_DM_BINARY else value)
         r.ok()

@@ -23,6 +23,7 @@ from emu.firmware.bios import bda
 from emu.firmware.bios.disk import SECTOR, Disk
 from emu.firmware.bios.guestbuf import ram_window, real_address
 from emu.firmware.bios.regs import Regs
+from emu.firmware.tables.checksum import checksum
 from emu.memory import GuestMemory
 
 DISKETTE_PARAMS = (0xF000, 0xEFC7)  # roms/bios.asm diskette_params
@@ -42,6 +43,12 @@ class Status(IntEnum):
     SECTOR_NOT_FOUND = 0x04
     DMA_BOUNDARY = 0x09
     NOT_REMOVABLE = 0xB2
+
+
+def _span(disk: Disk, lba: int, count: int) -> tuple[int, Status]:
+    """How many of `count` sectors from `lba` are on the disk; 04h when the request runs past its end."""
+    done = max(0, min(count, disk.sectors - lba))
+    return done, Status.OK if done == count else Status.SECTOR_NOT_FOUND
 
 
 class DiskServices:
@@ -145,27 +152,27 @@ class DiskServices:
             return None
         return (cylinder * chs.heads + head) * chs.sectors + sector - 1, count
 
-    def _read_chs(self, r: Regs, disk: Disk) -> None:
+    def _chs_access(self, r: Regs, disk: Disk, *, write: bool | None) -> None:
+        """02h (write False), 03h (True), 04h (None: verify, nothing moves)."""
         req = self._chs_request(r, disk)
-        if req is not None:
-            done, status = self._transfer(disk, req[0], req[1], real_address(r.es, r.bx), write=False)
-            r.al = done
-            self._finish(r, status)
+        if req is None:
+            return
+        lba, count = req
+        if write is None:
+            done, status = _span(disk, lba, count)
+        else:
+            done, status = self._transfer(disk, lba, count, real_address(r.es, r.bx), write=write)
+        r.al = done
+        self._finish(r, status)
+
+    def _read_chs(self, r: Regs, disk: Disk) -> None:
+        self._chs_access(r, disk, write=False)
 
     def _write_chs(self, r: Regs, disk: Disk) -> None:
-        req = self._chs_request(r, disk)
-        if req is not None:
-            done, status = self._transfer(disk, req[0], req[1], real_address(r.es, r.bx), write=True)
-            r.al = done
-            self._finish(r, status)
+        self._chs_access(r, disk, write=True)
 
     def _verify_chs(self, r: Regs, disk: Disk) -> None:
-        req = self._chs_request(r, disk)
-        if req is not None:
-            lba, count = req
-            done = max(0, min(count, disk.sectors - lba))
-            r.al = done
-            self._finish(r, Status.OK if done == count else Status.SECTOR_NOT_FOUND)
+        self._chs_access(r, disk, write=None)
 
     def _transfer(self, disk: Disk, lba: int, count: int, addr: int, *, write: bool) -> tuple[int, Status]:
         """Move `count` sectors between the disk at `lba` and guest memory at `addr`."""
@@ -177,7 +184,7 @@ class DiskServices:
         window = ram_window(self.mem, addr, size, writable=not write)
         if window is None:
             return 0, Status.BAD_COMMAND
-        done = max(0, min(count, disk.sectors - lba))
+        done, status = _span(disk, lba, count)
         if done:
             n = done * SECTOR
             if write:
@@ -185,7 +192,7 @@ class DiskServices:
             else:
                 window[:n] = disk.read(lba, done)
                 self.invalidate_code(addr, n)  # the sectors may be code the CPU ran before
-        return done, Status.OK if done == count else Status.SECTOR_NOT_FOUND
+        return done, status
 
     # -- EDD (LBA) functions --------------------------------------------------------------------
     def _edd_check(self, r: Regs, disk: Disk) -> None:
@@ -230,8 +237,7 @@ class DiskServices:
             self._finish(r, Status.OK)
             return
         if write is None:
-            done = min(count, disk.sectors - lba)
-            status = Status.OK if done == count else Status.SECTOR_NOT_FOUND
+            done, status = _span(disk, lba, count)
         else:
             done, status = self._transfer(disk, lba, count, buffer, write=write)
         self.mem.write_u16(at + 2, done)
@@ -272,6 +278,6 @@ class DiskServices:
             slave = 0  # each image is reported as the master of its own channel
             path = struct.pack("<HBBH4s8sQQB", EDD_KEY, EDD_DPI_LENGTH, 0, 0, b"ISA ", b"ATA     ",
                                PRIMARY_IDE_BASE, slave, 0)  # fmt: skip
-            table += path + bytes([(-sum(path)) & 0xFF])
+            table += path + bytes([checksum(path)])
         window[:] = table
         return Status.OK

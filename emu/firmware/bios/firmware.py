@@ -143,7 +143,7 @@ class Bios:
     # -- POST and boot --------------------------------------------------------------------------
     def _post(self) -> None:
         m = self.mem
-        m.fill(bda.BDA_START, bda.BDA_SIZE)
+        m.fill(layout.BDA_START, bda.BDA_SIZE)
         m.write_u16(bda.COM1_BASE, layout.PORT_COM1)
         equipment = EQUIPMENT_FPU | EQUIPMENT_VIDEO_80X25 | EQUIPMENT_ONE_SERIAL
         floppies = self.disk_services.floppies

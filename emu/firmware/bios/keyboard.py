@@ -12,6 +12,7 @@ import time
 
 from emu import layout
 from emu.bus import Bus
+from emu.devices.serial import LCR_DLAB, LSR_DR, MCR_LOOP, Reg
 from emu.firmware.bios import bda
 from emu.firmware.bios.regs import Regs
 from emu.memory import GuestMemory
@@ -19,10 +20,6 @@ from emu.memory import GuestMemory
 RING_START = 0x1E  # offsets from 0400h
 RING_END = 0x3E
 POLL = 0.005  # seconds a waiting int 16h 00h sleeps before the ROM asks again
-
-LSR_DR = 0x01
-LCR_DLAB = 0x80
-MCR_LOOP = 0x10
 
 KEY_ENTER = 0x1C0D
 KEY_BACKSPACE = 0x0E08
@@ -80,11 +77,11 @@ class Keyboard:
     # -- host input -----------------------------------------------------------------------------
     def _uart_bytes(self) -> bytes:
         b = self.bus
-        if b.pio_read(self.port + 3, 1) & LCR_DLAB or b.pio_read(self.port + 4, 1) & MCR_LOOP:
+        if b.pio_read(self.port + Reg.LCR, 1) & LCR_DLAB or b.pio_read(self.port + Reg.MCR, 1) & MCR_LOOP:
             return b""
         out = bytearray()
-        while len(out) < 64 and b.pio_read(self.port + 5, 1) & LSR_DR:
-            out.append(b.pio_read(self.port, 1))
+        while len(out) < 64 and b.pio_read(self.port + Reg.LSR, 1) & LSR_DR:
+            out.append(b.pio_read(self.port + Reg.RBR_THR_DLL, 1))
         return bytes(out)
 
     def pump(self) -> None:
@@ -113,7 +110,7 @@ class Keyboard:
         nxt = tail + 2 if tail + 2 < end else start
         if nxt == head:
             return False  # full: the key is lost, as on a PC (which would beep)
-        m.write_u16(bda.BDA_START + tail, word)
+        m.write_u16(layout.BDA_START + tail, word)
         m.write_u16(bda.KBD_TAIL, nxt)
         return True
 
@@ -126,7 +123,7 @@ class Keyboard:
         if not (start <= head < end <= 0x100):
             m.write_u16(bda.KBD_HEAD, tail)  # corrupted pointers: drop the buffer
             return None
-        word = m.read_u16(bda.BDA_START + head)
+        word = m.read_u16(layout.BDA_START + head)
         if remove:
             m.write_u16(bda.KBD_HEAD, head + 2 if head + 2 < end else start)
         return word

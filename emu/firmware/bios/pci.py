@@ -10,10 +10,13 @@ it) the installation check fails, and so does everything else.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 from emu import layout
 from emu.bus import Bus
+from emu.devices.pci.function import CONFIG_SIZE, HEADER_TYPE, REVISION, VENDOR_ID
+from emu.devices.pci.host import ENABLE
 from emu.firmware.bios.regs import Regs
 
 PCI_FUNCTION_ID = 0xB1  # AH of every PCI BIOS call
@@ -22,13 +25,9 @@ VERSION = 0x0210  # BH.BL = 2.10 (BCD)
 MECHANISM_1 = 0x01  # AL bit 0: configuration mechanism #1; special cycles (bit 4) not offered
 LAST_BUS = 0  # emu has no PCI-to-PCI bridges: bus 0 is the only bus
 
-ENABLE = 1 << 31
 NO_DEVICE = 0xFFFF
-VENDOR_ID = 0x00
-HEADER_TYPE = 0x0E
-CLASS_REVISION = 0x08  # dword: class, subclass, prog-if, revision (high to low)
+CLASS_REVISION = REVISION  # as a dword: class, subclass, prog-if, revision (high to low)
 MULTI_FUNCTION = 0x80
-CONFIG_SIZE = 0x100
 
 
 class Status(IntEnum):
@@ -65,26 +64,28 @@ class PciBios:
         self.bus = bus
 
     # -- configuration mechanism #1 -------------------------------------------------------------
-    def read(self, bus: int, devfn: int, reg: int, size: int) -> int:
+    @contextmanager
+    def _config_address(self, value: int) -> Iterator[None]:
+        """CONFIG_ADDRESS = `value` for the duration, then the caller's value back."""
         saved = self.bus.pio_read(layout.PORT_PCI_CONFIG_ADDRESS, 4)
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, ENABLE | bus << 16 | devfn << 8 | (reg & 0xFC))
-        value = self.bus.pio_read(layout.PORT_PCI_CONFIG_DATA + (reg & 3), size)
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, saved)
-        return value
+        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, value)
+        try:
+            yield
+        finally:
+            self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, saved)
+
+    def read(self, bus: int, devfn: int, reg: int, size: int) -> int:
+        with self._config_address(ENABLE | bus << 16 | devfn << 8 | (reg & 0xFC)):
+            return self.bus.pio_read(layout.PORT_PCI_CONFIG_DATA + (reg & 3), size)
 
     def write(self, bus: int, devfn: int, reg: int, size: int, value: int) -> None:
-        saved = self.bus.pio_read(layout.PORT_PCI_CONFIG_ADDRESS, 4)
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, ENABLE | bus << 16 | devfn << 8 | (reg & 0xFC))
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_DATA + (reg & 3), size, value)
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, saved)
+        with self._config_address(ENABLE | bus << 16 | devfn << 8 | (reg & 0xFC)):
+            self.bus.pio_write(layout.PORT_PCI_CONFIG_DATA + (reg & 3), size, value)
 
     def present(self) -> bool:
         """Mechanism #1 is there when CONFIG_ADDRESS keeps what is written to it (Linux's probe)."""
-        saved = self.bus.pio_read(layout.PORT_PCI_CONFIG_ADDRESS, 4)
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, ENABLE)
-        present = self.bus.pio_read(layout.PORT_PCI_CONFIG_ADDRESS, 4) == ENABLE
-        self.bus.pio_write(layout.PORT_PCI_CONFIG_ADDRESS, 4, saved)
-        return present
+        with self._config_address(ENABLE):
+            return self.bus.pio_read(layout.PORT_PCI_CONFIG_ADDRESS, 4) == ENABLE
 
     def functions(self) -> Iterator[tuple[int, int]]:
         """(bus, devfn) of every function present, in the order a BIOS scans them."""

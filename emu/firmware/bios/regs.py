@@ -11,7 +11,10 @@ import struct
 from dataclasses import dataclass
 
 from emu import layout
+from emu.cpu.x86 import FLAG_CF, FLAG_IF, FLAG_ZF
 from emu.memory import GuestMemory
+
+__all__ = ["FLAG_CF", "FLAG_IF", "FLAG_ZF", "OFF_RETRY", "OFF_SERVICE", "UNSUPPORTED", "Regs"]
 
 # Offsets in the block (roms/bios.asm R_*): seven 32-bit GPRs, then 16-bit DS, ES, SS, SP and
 # two bytes: the service number and the retry request.
@@ -19,9 +22,7 @@ _LAYOUT = struct.Struct("<7I4HBB")
 OFF_SERVICE = 0x24
 OFF_RETRY = 0x25
 
-FLAG_CF = 0x0001
-FLAG_ZF = 0x0040
-FLAG_IF = 0x0200
+UNSUPPORTED = 0x86  # AH of int 15h and int 1Ah: "function not supported"
 
 
 class _Part:

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from emu import layout
 from emu.firmware.bios import bda
 from emu.firmware.bios.guestbuf import ram_window, real_address
-from emu.firmware.bios.regs import Regs
+from emu.firmware.bios.regs import UNSUPPORTED, Regs
 from emu.firmware.tables.e820 import E820Entry, e820_map
 from emu.memory import GuestMemory
 
 SMAP = 0x534D_4150  # 'SMAP'
 CONFIG_TABLE = (0xF000, 0xE6F5)  # roms/bios.asm config_table
-UNSUPPORTED = 0x86
 A20_SUPPORT = 0x0003  # 2403h BX: the keyboard controller and port 92h can gate A20
 ACPI_ENABLED = 1  # the ACPI 3.0 extended attributes of a 24-byte E820 entry
 WAIT_SLICE = 0.01  # seconds

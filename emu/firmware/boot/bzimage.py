@@ -19,7 +19,6 @@ from emu.firmware.boot import entry, zeropage
 from emu.firmware.boot.inputs import KernelInputs, write_cmdline
 from emu.firmware.boot.placement import LoadPlan, align_up
 from emu.firmware.tables.e820 import e820_map
-from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 
 LOADED_HIGH = 0x01
@@ -121,11 +120,10 @@ def load(memory: GuestMemory, inp: KernelInputs) -> CpuState:
     cmdline = inp.cmdline_bytes(inp.cmdline, limit, f"this kernel (boot protocol {hdr.version_text})")
     # initrd_addr_max is the highest address the initrd's last byte may occupy.
     placed = inp.place_modules(plan, hdr.initrd_addr_max + 1, include_modules=False)
-    ramdisk = zeropage.Ramdisk(placed[0].addr, placed[0].size) if placed else None
+    ramdisk = placed[0] if placed else None
     write_cmdline(memory, cmdline)
     zp = zeropage.build(e820_map(memory), len(cmdline), ramdisk, setup_header=hdr.raw, code32_start=load_addr)
     memory.write(layout.ZERO_PAGE_ADDR, zp)
-    write_mptable(memory)
 
     if hdr.has_64bit_entry:
         rip = load_addr + ENTRY64_OFFSET

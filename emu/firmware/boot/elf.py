@@ -46,6 +46,16 @@ class ElfKernel:
     def is_x86(self) -> bool:
         return self.machine in ("EM_386", "EM_X86_64")
 
+    @property
+    def is_x86_64(self) -> bool:
+        """An ELF64 x86-64 file: what Linux's 64-bit entry needs."""
+        return self.bits == 64 and self.machine == "EM_X86_64"
+
+    @property
+    def end(self) -> int:
+        """The physical end of the highest loadable segment."""
+        return max(s.paddr + s.memsz for s in self.segments)
+
     def physical_entry(self, what: str) -> int:
         """e_entry as a physical address.
 
@@ -65,16 +75,13 @@ class ElfKernel:
     def contains_physical(self, addr: int) -> bool:
         return any(s.paddr <= addr < s.paddr + s.memsz for s in self.segments)
 
-    def load(self, data: bytes, plan: LoadPlan, what: str) -> int:
-        """Write every PT_LOAD at p_paddr (bss zeroed); returns the end of the highest segment."""
-        end = 0
+    def load(self, data: bytes, plan: LoadPlan, what: str) -> None:
+        """Write every PT_LOAD at p_paddr (bss zeroed)."""
         for i, s in enumerate(self.segments):
             plan.claim(f"{what} segment {i}", s.paddr, s.memsz)
             plan.memory.write(s.paddr, data[s.offset : s.offset + s.filesz])
             if s.memsz > s.filesz:
                 plan.memory.fill(s.paddr + s.filesz, s.memsz - s.filesz)
-            end = max(end, s.paddr + s.memsz)
-        return end
 
 
 def parse(data: bytes, what: str) -> ElfKernel:

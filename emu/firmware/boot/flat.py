@@ -33,8 +33,7 @@ def firmware_rom_size(image_size: int) -> int:
         raise EmuError(
             f"firmware image is {image_size} bytes; at most {layout.FIRMWARE_MAX_SIZE >> 20} MiB fits below 4 GiB"
         )
-    size = max(LEGACY_ALIAS_SIZE, (image_size + 0xFFFF) & ~0xFFFF)
-    return size
+    return max(LEGACY_ALIAS_SIZE, (image_size + 0xFFFF) & ~0xFFFF)
 
 
 def load_firmware(mem: GuestMemory, data: bytes) -> CpuState:

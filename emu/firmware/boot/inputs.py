@@ -53,8 +53,9 @@ class KernelInputs:
         placed = []
         for f in files:
             what = "initrd" if f is self.initrd else f"module {f.path}"
-            placed.append(PlacedFile(f, plan.place_high(f"{what}", len(f.data), limit)))
-            plan.memory.write(placed[-1].addr, f.data)
+            addr = plan.place_high(what, len(f.data), limit)
+            plan.memory.write(addr, f.data)
+            placed.append(PlacedFile(f, addr))
         return placed
 
 

@@ -15,6 +15,7 @@ Detection order for `--boot auto` (the same as QEMU's -kernel):
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from emu import layout
 from emu.config import BootKind, MachineConfig
@@ -24,6 +25,7 @@ from emu.firmware.boot import bzimage, multiboot, pvh, vmlinux, zeropage
 from emu.firmware.boot import elf as elfmod
 from emu.firmware.boot.flat import read_image
 from emu.firmware.boot.inputs import BootFile, KernelInputs
+from emu.firmware.tables.mptable import PciRoute, write_mptable
 from emu.memory import GuestMemory
 
 
@@ -37,7 +39,7 @@ def detect(data: bytes, what: str = "kernel") -> BootKind:
         kernel = elfmod.parse(data, what)
         if kernel.pvh_entry is not None and kernel.is_x86:
             return BootKind.PVH
-        if kernel.bits == 64 and kernel.machine == "EM_X86_64":
+        if kernel.is_x86_64:
             return BootKind.ELF
         if kernel.is_x86:
             raise EmuError(
@@ -55,13 +57,15 @@ def detect(data: bytes, what: str = "kernel") -> BootKind:
     )
 
 
-def load_kernel(memory: GuestMemory, cfg: MachineConfig, rsdp: int = 0) -> CpuState:
-    """Read --kernel/--initrd/--module, write everything into guest RAM, return the entry state.
+def load_kernel(memory: GuestMemory, cfg: MachineConfig, rsdp: int = 0, pci: Sequence[PciRoute] = ()) -> CpuState:
+    """Read --kernel/--initrd/--module, write everything into guest RAM with the MP table (listing
+    the `pci` slots' interrupt wiring), return the entry state.
 
     `rsdp` (ACPI tables already written) goes where the protocol carries it: boot_params.
     acpi_rsdp_addr for bzImage and vmlinux, hvm_start_info.rsdp_paddr for PVH; multiboot has no
     field, so such a kernel finds it by scanning 0xE0000-0xFFFFF, where emu puts it."""
     state, kind = _load(memory, cfg)
+    write_mptable(memory, pci=pci)
     if rsdp:
         if kind in (BootKind.BZIMAGE, BootKind.ELF):
             memory.write(layout.ZERO_PAGE_ADDR + zeropage.ACPI_RSDP_ADDR, struct.pack("<Q", rsdp))

@@ -17,9 +17,8 @@ from emu.errors import EmuError
 from emu.firmware.boot import elf as elfmod
 from emu.firmware.boot import entry
 from emu.firmware.boot.inputs import KernelInputs, StringArea, write_cmdline
-from emu.firmware.boot.placement import LoadPlan
+from emu.firmware.boot.placement import LIMIT_4G, LoadPlan
 from emu.firmware.tables.e820 import E820Type, e820_map
-from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 
 HEADER_MAGIC = 0x1BAD_B002
@@ -44,7 +43,6 @@ INFO_SIZE = 116  # up to and including the framebuffer fields (left zero)
 MOD_ENTRY = struct.Struct("<IIII")  # mod_start, mod_end (exclusive, as GRUB), string, reserved
 MMAP_ENTRY = struct.Struct("<IQQI")  # size (of the rest: 20), base_addr, length, type
 LOADER_NAME = "emu"
-LIMIT_4G = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,6 @@ def load(memory: GuestMemory, inp: KernelInputs, hdr: MultibootHeader) -> CpuSta
     struct.pack_into("<II", info, 44, len(mmap), layout.MULTIBOOT_MMAP_ADDR)
     struct.pack_into("<I", info, 64, strings.add(LOADER_NAME))
     memory.write(layout.BOOT_INFO_ADDR, bytes(info))
-    write_mptable(memory)
 
     s = entry.protected_mode_state(memory, entry.GDT_FLAT32, rip)
     s.rax = BOOTLOADER_MAGIC
@@ -169,7 +166,7 @@ def _load_elf(plan: LoadPlan, inp: KernelInputs) -> int:
     kernel = elfmod.parse(data, what)
     if not kernel.is_x86:
         raise EmuError(f"{what}: a {kernel.arch} ELF, not an x86 kernel")
-    if any(s.paddr + s.memsz > LIMIT_4G for s in kernel.segments):
+    if kernel.end > LIMIT_4G:
         raise EmuError(f"{what}: a multiboot kernel must load below 4 GiB")
     kernel.load(data, plan, "kernel")
     rip = kernel.physical_entry(what)

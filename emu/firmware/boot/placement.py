@@ -9,6 +9,7 @@ from emu.errors import EmuError
 from emu.memory import GuestMemory, format_size
 
 PAGE = 4096
+LIMIT_4G = 1 << 32  # what a 32-bit entry protocol (PVH, multiboot) can address
 
 
 def align_down(value: int, align: int) -> int:

@@ -15,9 +15,8 @@ from emu.errors import EmuError
 from emu.firmware.boot import entry
 from emu.firmware.boot.elf import ElfKernel
 from emu.firmware.boot.inputs import KernelInputs, StringArea, write_cmdline
-from emu.firmware.boot.placement import LoadPlan
+from emu.firmware.boot.placement import LIMIT_4G, LoadPlan
 from emu.firmware.tables.e820 import e820_map
-from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 
 START_MAGIC = 0x336E_C578
@@ -26,7 +25,6 @@ START_INFO = struct.Struct("<IIIIQQQQII")  # magic version flags nr_modules modl
 START_INFO_RSDP = 32  # offset of rsdp_paddr in START_INFO
 MODLIST_ENTRY = struct.Struct("<QQQQ")  # paddr size cmdline_paddr reserved
 MEMMAP_ENTRY = struct.Struct("<QQII")  # addr size type reserved (type: E820 numbering)
-LIMIT_4G = 1 << 32
 
 
 def load(memory: GuestMemory, inp: KernelInputs, elf: ElfKernel) -> CpuState:
@@ -36,7 +34,7 @@ def load(memory: GuestMemory, inp: KernelInputs, elf: ElfKernel) -> CpuState:
         raise EmuError(f"{inp.what}: a {elf.arch} ELF, not an x86 kernel")
     plan = LoadPlan(memory)
     elf.load(inp.kernel.data, plan, "kernel")
-    if any(s.paddr + s.memsz > LIMIT_4G for s in elf.segments):
+    if elf.end > LIMIT_4G:
         raise EmuError(f"{inp.what}: a PVH kernel must load below 4 GiB")
     if not elf.contains_physical(elf.pvh_entry):
         raise EmuError(f"{inp.what}: PVH entry {elf.pvh_entry:#x} is not inside any loaded segment")
@@ -56,7 +54,6 @@ def load(memory: GuestMemory, inp: KernelInputs, elf: ElfKernel) -> CpuState:
         write_cmdline(memory, cmdline), 0, layout.PVH_MEMMAP_ADDR, len(e820), 0,
     )  # fmt: skip
     memory.write(layout.BOOT_INFO_ADDR, info)
-    write_mptable(memory)
 
     s = entry.protected_mode_state(memory, entry.GDT_FLAT32, elf.pvh_entry)
     s.rbx = layout.BOOT_INFO_ADDR

@@ -10,12 +10,11 @@ from emu.firmware.boot.elf import ElfKernel
 from emu.firmware.boot.inputs import KernelInputs, write_cmdline
 from emu.firmware.boot.placement import LoadPlan
 from emu.firmware.tables.e820 import e820_map
-from emu.firmware.tables.mptable import write_mptable
 from emu.memory import GuestMemory
 
 
 def load(memory: GuestMemory, inp: KernelInputs, elf: ElfKernel) -> CpuState:
-    if elf.bits != 64 or elf.machine != "EM_X86_64":
+    if not elf.is_x86_64:
         raise EmuError(f"{inp.what}: a {elf.arch} ELF; the 64-bit Linux entry needs an x86-64 ELF64")
     plan = LoadPlan(memory)
     elf.load(inp.kernel.data, plan, "kernel")
@@ -27,8 +26,7 @@ def load(memory: GuestMemory, inp: KernelInputs, elf: ElfKernel) -> CpuState:
     cmdline = inp.cmdline_bytes(inp.cmdline, layout.CMDLINE_MAX - 1, "the Linux boot protocol")
     # No header means no initrd_addr_max: like Firecracker, the initrd goes at the top of low RAM.
     placed = inp.place_modules(plan, layout.MMIO_HOLE_START, include_modules=False)
-    ramdisk = zeropage.Ramdisk(placed[0].addr, placed[0].size) if placed else None
+    ramdisk = placed[0] if placed else None
     write_cmdline(memory, cmdline)
     memory.write(layout.ZERO_PAGE_ADDR, zeropage.build(e820_map(memory), len(cmdline), ramdisk))
-    write_mptable(memory)
     return entry.long_mode_state(memory, rip, layout.ZERO_PAGE_ADDR)

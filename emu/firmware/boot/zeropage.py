@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from emu import layout
 from emu.errors import EmuError
+from emu.firmware.boot.inputs import PlacedFile
 from emu.firmware.tables.e820 import E820Entry
 
 ZERO_PAGE_SIZE = 4096
@@ -44,16 +44,10 @@ LOADER_UNDEFINED = 0xFF  # type_of_loader for a boot loader without an assigned 
 ELF_KERNEL_ALIGNMENT = 16 << 20  # what Firecracker writes for a vmlinux (which has no header)
 
 
-@dataclass(frozen=True)
-class Ramdisk:
-    addr: int
-    size: int
-
-
 def build(
     e820: list[E820Entry],
     cmdline_len: int,
-    ramdisk: Ramdisk | None,
+    ramdisk: PlacedFile | None,
     setup_header: bytes | None = None,
     code32_start: int | None = None,
 ) -> bytes:

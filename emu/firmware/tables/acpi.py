@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 
 from emu import layout
 from emu.errors import EmuError
+from emu.firmware.boot.placement import align_up
 from emu.firmware.tables import aml
+from emu.firmware.tables.checksum import checksum
+from emu.firmware.tables.mptable import POLARITY_HIGH_LEVEL, PciRoute, ioapic_id
 from emu.memory import GuestMemory
 
 OEM_ID = b"EMU   "
@@ -47,11 +50,6 @@ DSDT_REVISION = 2  # 64-bit integers
 MADT_REVISION = 5
 FACS_SIZE = 64
 FACS_ALIGN = 64
-# Register blocks of emu/devices/acpi_pm.py, relative to pm_base (the same split as QEMU's PIIX4).
-PM1_EVT_OFF, PM1_EVT_LEN = 0, 4  # PM1_STS (2 bytes) then PM1_EN (2 bytes)
-PM1_CNT_OFF, PM1_CNT_LEN = 4, 2
-PM_TMR_OFF, PM_TMR_LEN = 8, 4
-PM_BLOCK_SIZE = 12
 
 
 class FadtFlag:
@@ -78,26 +76,13 @@ class MmioDevice:
 
 
 @dataclass(frozen=True)
-class PciIntx:
-    """One populated PCI slot's interrupt pin (1-4 = INTA-D) and the ISA line it is wired to."""
-
-    device: int
-    pin: int
-    irq: int
-
-
-@dataclass(frozen=True)
 class AcpiConfig:
     cpus: int = 1
     lapic: bool = False  # a MADT with LAPIC + IOAPIC (KVM's in-kernel irqchip)
     mmio_devices: Sequence[MmioDevice] = field(default_factory=tuple)
-    pci_intx: Sequence[PciIntx] = field(default_factory=tuple)
+    pci_intx: Sequence[PciRoute] = field(default_factory=tuple)
     sci_irq: int = layout.IRQ_ACPI_SCI
     pm_base: int = layout.PORT_ACPI_PM_BASE
-
-
-def checksum(data: bytes) -> int:
-    return -sum(data) & 0xFF
 
 
 def _table(signature: bytes, revision: int, body: bytes) -> bytes:
@@ -156,7 +141,9 @@ def facs() -> bytes:
 
 
 def fadt(cfg: AcpiConfig, dsdt_addr: int, facs_addr: int) -> bytes:
-    pm1_evt, pm1_cnt, pm_tmr = cfg.pm_base + PM1_EVT_OFF, cfg.pm_base + PM1_CNT_OFF, cfg.pm_base + PM_TMR_OFF
+    pm1_evt = cfg.pm_base + layout.ACPI_PM1_EVT_OFF
+    pm1_cnt = cfg.pm_base + layout.ACPI_PM1_CNT_OFF
+    pm_tmr = cfg.pm_base + layout.ACPI_PM_TMR_OFF
     body = bytearray(FADT_SIZE - HEADER.size)
 
     def put(offset: int, fmt: str, *values: int) -> None:
@@ -167,15 +154,15 @@ def fadt(cfg: AcpiConfig, dsdt_addr: int, facs_addr: int) -> bytes:
     put(56, "<I", pm1_evt)
     put(64, "<I", pm1_cnt)
     put(76, "<I", pm_tmr)
-    put(88, "<BBBB", PM1_EVT_LEN, PM1_CNT_LEN, 0, PM_TMR_LEN)
+    put(88, "<BBBB", layout.ACPI_PM1_EVT_LEN, layout.ACPI_PM1_CNT_LEN, 0, layout.ACPI_PM_TMR_LEN)
     put(96, "<HH", C2_DISABLED, C3_DISABLED)
     put(108, "<BH", layout.CMOS_CENTURY, BootArch.LEGACY_DEVICES | BootArch.I8042)
     put(112, "<I", FadtFlag.WBINVD | FadtFlag.PROC_C1 | FadtFlag.PWR_BUTTON | FadtFlag.SLP_BUTTON | FadtFlag.FIX_RTC)
     put(131, "<B", FADT_MINOR)
     put(140, "<Q", dsdt_addr)  # X_DSDT; X_FIRMWARE_CTRL stays 0 (Linux would list the FACS twice)
-    body[148 - HEADER.size : 160 - HEADER.size] = _gas_io(pm1_evt, PM1_EVT_LEN)
-    body[172 - HEADER.size : 184 - HEADER.size] = _gas_io(pm1_cnt, PM1_CNT_LEN)
-    body[208 - HEADER.size : 220 - HEADER.size] = _gas_io(pm_tmr, PM_TMR_LEN)
+    body[148 - HEADER.size : 160 - HEADER.size] = _gas_io(pm1_evt, layout.ACPI_PM1_EVT_LEN)
+    body[172 - HEADER.size : 184 - HEADER.size] = _gas_io(pm1_cnt, layout.ACPI_PM1_CNT_LEN)
+    body[208 - HEADER.size : 220 - HEADER.size] = _gas_io(pm_tmr, layout.ACPI_PM_TMR_LEN)
     return _table(b"FACP", FADT_REVISION, bytes(body))
 
 
@@ -183,23 +170,17 @@ def fadt(cfg: AcpiConfig, dsdt_addr: int, facs_addr: int) -> bytes:
 MADT_LAPIC, MADT_IOAPIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
 MADT_PCAT_COMPAT = 1  # dual 8259s are present
 LAPIC_ENABLED = 1
-ISO_ACTIVE_HIGH_LEVEL = 0x1 | 0x3 << 2  # polarity 01 (high), trigger 11 (level)
 ALL_PROCESSORS = 0xFF
 
 
 def madt(cfg: AcpiConfig) -> bytes:
-    ioapic_id = cfg.cpus + 1  # as the MP table numbers it
     body = struct.pack("<II", layout.LAPIC_BASE, MADT_PCAT_COMPAT)
     for cpu in range(cfg.cpus):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, cpu, cpu, LAPIC_ENABLED)
-    body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id, 0, layout.IOAPIC_BASE, 0)
-    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, cfg.sci_irq, cfg.sci_irq, ISO_ACTIVE_HIGH_LEVEL)
+    body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id(cfg.cpus), 0, layout.IOAPIC_BASE, 0)
+    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, cfg.sci_irq, cfg.sci_irq, POLARITY_HIGH_LEVEL)  # MPS INTI flags
     body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, 1)  # NMI on LINT1
     return _table(b"APIC", MADT_REVISION, body)
-
-
-def _align(addr: int, to: int) -> int:
-    return (addr + to - 1) & -to
 
 
 def build(cfg: AcpiConfig, base: int = layout.ACPI_AREA_START) -> dict[int, bytes]:
@@ -207,11 +188,11 @@ def build(cfg: AcpiConfig, base: int = layout.ACPI_AREA_START) -> dict[int, byte
     if not 1 <= cfg.cpus <= 254:
         raise EmuError(f"the MADT describes 1 to 254 CPUs, not {cfg.cpus}")
     out: dict[int, bytes] = {}
-    cursor = _align(base + RSDP.size, FACS_ALIGN)
+    cursor = align_up(base + RSDP.size, FACS_ALIGN)
 
     def place(data: bytes, align: int = 16) -> int:
         nonlocal cursor
-        addr = _align(cursor, align)
+        addr = align_up(cursor, align)
         out[addr] = data
         cursor = addr + len(data)
         return addr

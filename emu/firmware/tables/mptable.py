@@ -11,6 +11,7 @@ from typing import Protocol
 
 from emu import layout
 from emu.errors import EmuError
+from emu.firmware.tables.checksum import checksum
 from emu.memory import GuestMemory
 
 FLOATING_SIGNATURE = b"_MP_"
@@ -38,9 +39,9 @@ FLOATING_SIZE = 16
 HEADER_SIZE = 44
 
 
-def _checksum(data: bytes) -> int:
-    """The byte that makes `data` (with that byte counted as zero) sum to 0 mod 256."""
-    return -sum(data) & 0xFF
+def ioapic_id(cpus: int) -> int:
+    """The IOAPIC's APIC id: the first after the CPUs' (the MADT numbers it the same way)."""
+    return cpus + 1
 
 
 class PciRoute(Protocol):
@@ -68,7 +69,7 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     """
     if not 1 <= cpus <= 254:
         raise EmuError(f"the MP table describes 1 to 254 CPUs, not {cpus}")
-    ioapic_id = cpus + 1
+    ioapic = ioapic_id(cpus)
     entries = bytearray()
     for cpu in range(cpus):
         flags = CPU_ENABLED | (CPU_BSP if cpu == 0 else 0)
@@ -79,18 +80,18 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
         entries += struct.pack("<BB6s", BUS, pci_bus, b"PCI   ")
         count += 1
     entries += struct.pack("<BB6s", BUS, isa_bus, b"ISA   ")
-    entries += struct.pack("<BBBBI", IOAPIC, ioapic_id, APIC_VERSION, IOAPIC_USABLE, layout.IOAPIC_BASE)
+    entries += struct.pack("<BBBBI", IOAPIC, ioapic, APIC_VERSION, IOAPIC_USABLE, layout.IOAPIC_BASE)
     count += 2
     interrupt = struct.Struct("<BBHBBBB")  # type, kind, flags, source bus, source IRQ, APIC id, pin
     pci_lines = {r.irq for r in pci}
     for irq in range(ISA_IRQS):
         if irq not in pci_lines:
             flags = POLARITY_TRIGGER_CONFORMS
-            entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, flags, isa_bus, irq, ioapic_id, irq)
+            entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, flags, isa_bus, irq, ioapic, irq)
             count += 1
     for r in pci:
         source = r.device << 2 | (r.pin - 1)
-        entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_HIGH_LEVEL, pci_bus, source, ioapic_id, r.irq)
+        entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_HIGH_LEVEL, pci_bus, source, ioapic, r.irq)
         count += 1
     entries += interrupt.pack(LOCAL_INTERRUPT, INT_EXTINT, POLARITY_TRIGGER_CONFORMS, isa_bus, 0, 0, 0)
     entries += interrupt.pack(LOCAL_INTERRUPT, INT_NMI, POLARITY_TRIGGER_CONFORMS, isa_bus, 0, ALL_LOCAL_APICS, 1)
@@ -100,10 +101,10 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     fields = (TABLE_SIGNATURE, HEADER_SIZE + len(entries), SPEC_REV, 0, OEM_ID, PRODUCT_ID)
     fields += (0, 0, count, layout.LAPIC_BASE, 0)  # no OEM table; entry count; local APIC address
     header = bytearray(struct.pack("<4sHBB8s12sIHHII", *fields))
-    header[7] = _checksum(bytes(header) + bytes(entries))
+    header[7] = checksum(bytes(header) + bytes(entries))
     # Feature bytes all zero: a configuration table is present, and no IMCR (virtual wire mode).
     floating = bytearray(struct.pack("<4sIBBB5x", FLOATING_SIGNATURE, table_addr, 1, SPEC_REV, 0))
-    floating[10] = _checksum(bytes(floating))
+    floating[10] = checksum(bytes(floating))
     return bytes(floating + header + entries)
 
 
