@@ -89,12 +89,6 @@ class Bus:
             del self._mmio_starts[i]
             del self._mmio[i]
 
-    def port_ranges(self) -> list[Range]:
-        return sorted(self._port_ranges, key=lambda r: r.base)
-
-    def mmio_ranges(self) -> list[Range]:
-        return [r for r, _ in self._mmio]
-
     # -- dispatch -----------------------------------------------------------------------------
     def _unclaimed(self, kind: str, addr: int, write: bool, size: int, value: int = 0) -> None:
         key = (kind, addr if kind == "port" else addr >> 12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
 import threading
@@ -157,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--image", type=Path, metavar="FILE", help="flat real-mode image loaded at --load-addr")
     boot.add_argument("--kernel", type=Path, metavar="FILE",
                       help="boot a kernel directly: vmlinux ELF, bzImage, PVH ELF or multiboot")  # fmt: skip
-    run.add_argument("--load-addr", type=_int, default=0x7C00, metavar="ADDR",
-                     help="where --image is loaded and entered in real mode (default 0x7c00)")  # fmt: skip
+    run.add_argument("--load-addr", type=_int, default=layout.BOOT_SECTOR, metavar="ADDR",
+                     help="where --image is loaded and entered in real mode (default %(default)#x)")  # fmt: skip
     run.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk for --kernel")
     run.add_argument("--cmdline", "--append", "-append", default="", metavar="TEXT",
                      help="kernel command line for --kernel")  # fmt: skip
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open_sink(spec: str, what: str):  # type: ignore[no-untyped-def]
+def _open_sink(spec: str, what: str) -> io.FileIO | None:
     if spec in ("stdio", "none"):
         return None
     try:
@@ -249,11 +250,10 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
         modules=args.module, disks=disks, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
         triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
-        acpi=args.acpi == "on",
+        acpi=args.acpi == "on", nets=args.net, rng=args.rng,
     )  # fmt: skip
     if cfg.acpi and args.kernel is None:
         raise EmuError("--acpi on only applies with --kernel (the BIOS path has no ACPI tables)")
-    cfg.nets, cfg.rng = args.net, args.rng
     if args.virtio_console is not None:
         if not args.virtio_console.target:
             raise EmuError("--virtio-console needs a FILE or stdio")
@@ -274,11 +274,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report is not None and not args.report.parent.is_dir():
         raise EmuError(f"--report {args.report}: no such directory")
     watch = ExpectWatch(args.expect)
-    report = None
-    files = []
     serial_file = _open_sink(args.serial, "--serial")
     debug_file = _open_sink(args.debugcon, "--debugcon")
-    files += [f for f in (serial_file, debug_file) if f is not None]
+    files = [f for f in (serial_file, debug_file) if f is not None]
     machine: Machine | None = None
     console: StdioConsole | None = None
     try:

@@ -76,7 +76,7 @@ class MachineConfig:
     # Boot source (exactly one): firmware image at the reset vector, or a flat real-mode image.
     bios: Path | None = None
     image: Path | None = None
-    load_addr: int = 0x7C00
+    load_addr: int = layout.BOOT_SECTOR  # where --image is loaded and entered
     # Direct kernel boot (no firmware code runs).
     kernel: Path | None = None
     initrd: Path | None = None
@@ -90,12 +90,8 @@ class MachineConfig:
     nets: list[NetSpec] = field(default_factory=list)
     rng: VirtioSpec | None = None
     virtio_console: VirtioSpec | None = None
-    # Console and debug ports.
-    serial_out: Path | None = None  # None: the console (stdio)
-    debugcon: str = "stdio"  # stdio | none | a file path
     no_reboot: bool = False
     timeout: float | None = None  # seconds of wall-clock time before the run is ended
     triple_fault: TripleFaultPolicy = TripleFaultPolicy.ERROR
     deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
     acpi: bool = False  # --kernel: ACPI tables (virtio-mmio devices in the DSDT) instead of cmdline words
-    extra: dict[str, object] = field(default_factory=dict)

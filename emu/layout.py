@@ -7,11 +7,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 # Low memory (real-mode world).
-IVT_START = 0x0
 BDA_START = 0x400
 REAL_MODE_END = 0xA0000  # end of conventional memory (640 KiB)
 EBDA_START = 0x9FC00  # last KiB of conventional memory, reserved in the e820 map
-VGA_START = 0xA0000
 VGA_TEXT = 0xB8000
 BIOS_AREA_START = 0xE0000  # legacy BIOS area: the tail of the firmware ROM is copied here
 BIOS_AREA_END = 0x100000
@@ -89,6 +87,11 @@ ACPI_AREA_END = BIOS_AREA_START + 0x8000
 # port QEMU's PIIX4 uses. The SCI goes on IRQ 3, the one ISA line nothing else of emu uses (COM2's
 # line; emu has no COM2).
 PORT_ACPI_PM_BASE = 0x600
+# Its register blocks, relative to the base (the same split as QEMU's PIIX4).
+ACPI_PM1_EVT_OFF, ACPI_PM1_EVT_LEN = 0, 4  # PM1_STS (2 bytes) then PM1_EN (2 bytes)
+ACPI_PM1_CNT_OFF, ACPI_PM1_CNT_LEN = 4, 2
+ACPI_PM_TMR_OFF, ACPI_PM_TMR_LEN = 8, 4
+ACPI_PM_BLOCK_SIZE = 12
 IRQ_ACPI_SCI = 3
 
 # -- BIOS (roms/bios.asm, emu/firmware/bios/) ----------------------------------------------------
@@ -107,8 +110,6 @@ PORT_PIC_MASTER = 0x20  # command (A0=0), data (A0=1) at +1
 PORT_PIC_SLAVE = 0xA0
 PORT_ELCR = 0x4D0  # 0x4D0 master (IRQ 0-7), 0x4D1 slave (IRQ 8-15)
 PIC_CASCADE_IRQ = 2
-PIC_BIOS_MASTER_BASE = 0x08  # vector bases a PC BIOS programs (Linux moves them to 0x30/0x38)
-PIC_BIOS_SLAVE_BASE = 0x70
 # 8254 PIT at 0x40-0x43 (channel 0 on IRQ 0, channel 2 gated by and read back through port 0x61).
 PORT_PIT = 0x40
 PORT_SYSCTL_B = 0x61  # "NMI status and control": gate 2, speaker, refresh toggle, OUT2
@@ -118,7 +119,6 @@ IRQ_PIT = 0
 PORT_CMOS_INDEX = 0x70
 PORT_CMOS_DATA = 0x71
 IRQ_RTC = 8
-CMOS_SHUTDOWN_STATUS = 0x0F  # why the CPU was reset (BIOS resume codes)
 CMOS_FLOPPY_TYPES = 0x10  # drive 0 in bits 7:4, drive 1 in bits 3:0
 CMOS_EQUIPMENT = 0x14
 CMOS_BASE_MEM_KIB = 0x15  # 0x15/0x16: conventional memory in KiB (640)

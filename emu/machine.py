@@ -29,8 +29,7 @@ from emu.devices.virtio.slots import attach_virtio, bios_disks, close_virtio, ke
 from emu.errors import EmuError, ExitStatus, HostError
 from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
 from emu.firmware.boot import flat
-from emu.firmware.tables.acpi import AcpiConfig, MmioDevice, PciIntx, write_acpi
-from emu.firmware.tables.mptable import write_mptable
+from emu.firmware.tables.acpi import AcpiConfig, MmioDevice, write_acpi
 from emu.memory import GuestMemory
 from emu.roms import rom_path
 from emu.timers import HostClock, TimerQueue, TimerThread
@@ -118,10 +117,11 @@ class Machine:
         self._wake = threading.Event()
         self.resets = 0
         self.a20 = True
-        self.clock: HostClock | VirtualClock = VirtualClock() if cfg.deterministic else HostClock()
+        self._virtual = VirtualClock() if cfg.deterministic else None
+        self.clock: HostClock | VirtualClock = self._virtual or HostClock()
         self.timers = TimerQueue(self.clock)
         self.backend = make_backend(cfg.backend, self.memory, self.bus)
-        self._virtual = self.clock if isinstance(self.clock, VirtualClock) else None
+        self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
         if self._virtual is not None:
             try:
                 self._virtual.attach(self.backend)
@@ -129,9 +129,7 @@ class Machine:
                 self.backend.close()
                 self.memory.close()
                 raise
-        self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
-        if self._virtual is not None:
-            self._virtual.follow(self.timers)  # instead of the timer thread
+            self._virtual.follow(self.timers)  # after TimerThread, whose on_change it replaces
         self._add_devices()
         self._boot()
 
@@ -159,9 +157,9 @@ class Machine:
             self.pic = PicPair(on_intr=self._on_intr)
             self.pic.register(self.bus)
             self.backend.intr_ack = self.pic.acknowledge
-            self.pit = Pit(self.timers, irq0=lambda level: self.set_irq(layout.IRQ_PIT, level))
-            self.pit.register(self.bus)  # with port 0x61
-            self.devices += [self.pic, self.pit]
+            pit = Pit(self.timers, irq0=lambda level: self.set_irq(layout.IRQ_PIT, level))
+            pit.register(self.bus)  # with port 0x61
+            self.devices += [self.pic, pit]
         # Under KVM the PIT (and port 0x61) is in the kernel; the RTC never is.
         self.cmos = Cmos(self.timers, irq8=lambda level: self.set_irq(layout.IRQ_RTC, level), memory_size=self.cfg.mem,
                          epoch=FIXED_EPOCH if self._virtual is not None else None)  # fmt: skip
@@ -212,9 +210,9 @@ class Machine:
         self.devices += self.virtio
         if self.cfg.kernel is not None and self.cfg.acpi:
             # --acpi on: the DSDT announces the virtio-mmio devices; the FADT's registers live here.
-            self.acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock)
-            self.acpi_pm.register(self.bus)
-            self.devices.append(self.acpi_pm)
+            acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock)
+            acpi_pm.register(self.bus)
+            self.devices.append(acpi_pm)
         elif self.cfg.kernel is not None and self.virtio:
             self.cfg = dataclasses.replace(self.cfg, cmdline=kernel_cmdline(self.cfg.cmdline, self.virtio))
 
@@ -223,9 +221,7 @@ class Machine:
             from emu.firmware.boot.kernel import load_kernel
 
             rsdp = write_acpi(self.memory, self._acpi_config()) if self.cfg.acpi else 0
-            state = load_kernel(self.memory, self.cfg, rsdp)
-            if self.pci.routes():  # the MP table again, with the PCI slots' interrupt wiring
-                write_mptable(self.memory, pci=self.pci.routes())
+            state = load_kernel(self.memory, self.cfg, rsdp, pci=self.pci.routes())
         elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
@@ -237,8 +233,7 @@ class Machine:
         slot = layout.VIRTIO_MMIO_SLOT_SIZE
         mmio = [MmioDevice(d.base, slot, d.irq) for d in self.virtio if isinstance(d, VirtioMmio)]
         # A MADT only where there is a local APIC (KVM's in-kernel irqchip); Unicorn stays in PIC mode.
-        intx = tuple(PciIntx(r.device, r.pin, r.irq) for r in self.pci.routes())
-        return AcpiConfig(lapic=self.backend.has_irqchip, mmio_devices=tuple(mmio), pci_intx=intx)
+        return AcpiConfig(lapic=self.backend.has_irqchip, mmio_devices=tuple(mmio), pci_intx=tuple(self.pci.routes()))
 
     def _reboot(self) -> None:
         self.resets += 1
@@ -320,8 +315,7 @@ class Machine:
             timer.daemon = True
             timer.start()
         thread = threading.Thread(target=vcpu, name="vcpu0", daemon=True)
-        if self._virtual is None:  # virtual time: runs end at deadlines by themselves
-            self._timer_thread.start()
+        self.start_timers()
         thread.start()
         try:
             while thread.is_alive():
@@ -355,46 +349,60 @@ class Machine:
 
     def _run_loop(self) -> RunResult:
         while True:
-            if self._virtual is not None:
-                self._virtual.set_deadline(self.timers.next_deadline())
-            exit_ = self.backend.run()
-            self._run_timers()
-            action = self._take_action()
-            if action is not None:
-                result = self._handle_action(action, exit_)
-                if result is not None:
-                    return result
-                continue
-            kind = exit_.kind
-            if kind is ExitKind.INTERRUPTED:
-                continue
-            if kind is ExitKind.HALT:
-                if exit_.detail.get("for_good") or self.backend.is_halted_for_good():
-                    return self._result(ExitStatus.OK, "guest halted with interrupts disabled", exit_)
-                result = self._wait_for_interrupt()
-                if result is not None:
-                    return result
-                continue
-            if kind is ExitKind.SHUTDOWN:
-                if self.cfg.triple_fault is TripleFaultPolicy.EXIT0:
-                    reason = "guest shut down by a triple fault (--triple-fault=exit0)"
-                    return self._result(ExitStatus.OK, reason, exit_)
-                if self.cfg.triple_fault is TripleFaultPolicy.RESET:
-                    log.info("triple fault (%s): resetting (--triple-fault=reset)", exit_.message)
-                    if self.cfg.no_reboot:
-                        return self._result(ExitStatus.OK, "guest reset by a triple fault (--no-reboot)", exit_)
-                    self._reboot()
-                    continue
-                return self._result(ExitStatus.TRIPLE_FAULT, f"triple fault: {exit_.message}", exit_)
-            if kind is ExitKind.RESET:
+            out = self.run_backend()
+            if isinstance(out, Exit):
+                out = self.handle_exit(out)
+            if out is not None:
+                return out
+
+    # -- the run loop's pieces, public for a debugger that drives the loop itself -----------------
+    def start_timers(self) -> None:
+        """Start kicking the vCPU at timer deadlines (virtual time needs no thread: runs end there)."""
+        if self._virtual is None:
+            self._timer_thread.start()
+
+    def wake(self) -> None:
+        """End a wait in `hlt` early, so the waiter looks at its stop conditions (any thread)."""
+        self._wake.set()
+
+    def run_backend(self, run: Callable[[], Exit] | None = None) -> Exit | RunResult | None:
+        """One guest run (`run`, by default the backend's) with the machine's bookkeeping around
+        it: the virtual-time deadline, due timers, then a pending request. Returns the exit for
+        `handle_exit`, the result when a request ended the machine, or None when a request was
+        handled (a reboot) and the guest just runs on."""
+        if self._virtual is not None:
+            self._virtual.set_deadline(self.timers.next_deadline())
+        exit_ = (run or self.backend.run)()
+        self._run_timers()
+        action = self._take_action()
+        return exit_ if action is None else self._handle_action(action, exit_)
+
+    def handle_exit(self, exit_: Exit, stop: threading.Event | None = None) -> RunResult | None:
+        """What an exit means for the machine: its result when the run ends, else None (the
+        guest runs on). A `hlt` with interrupts enabled waits here, until `stop` is set too."""
+        kind = exit_.kind
+        if kind is ExitKind.HALT:
+            if exit_.detail.get("for_good") or self.backend.is_halted_for_good():
+                return self._result(ExitStatus.OK, "guest halted with interrupts disabled", exit_)
+            return self._wait_for_interrupt(stop)
+        if kind is ExitKind.SHUTDOWN:
+            if self.cfg.triple_fault is TripleFaultPolicy.EXIT0:
+                reason = "guest shut down by a triple fault (--triple-fault=exit0)"
+                return self._result(ExitStatus.OK, reason, exit_)
+            if self.cfg.triple_fault is TripleFaultPolicy.RESET:
+                log.info("triple fault (%s): resetting (--triple-fault=reset)", exit_.message)
+                if self.cfg.no_reboot:
+                    return self._result(ExitStatus.OK, "guest reset by a triple fault (--no-reboot)", exit_)
                 self._reboot()
-                continue
-            if kind is ExitKind.POWEROFF:
-                return self._result(ExitStatus.OK, "guest powered off", exit_)
-            if kind is ExitKind.ERROR:
-                return self._result(ExitStatus.SOFTWARE, exit_.message, exit_)
-            if kind is ExitKind.DEBUG:
-                continue
+                return None
+            return self._result(ExitStatus.TRIPLE_FAULT, f"triple fault: {exit_.message}", exit_)
+        if kind is ExitKind.RESET:
+            self._reboot()
+        elif kind is ExitKind.POWEROFF:
+            return self._result(ExitStatus.OK, "guest powered off", exit_)
+        elif kind is ExitKind.ERROR:
+            return self._result(ExitStatus.SOFTWARE, exit_.message, exit_)
+        return None  # INTERRUPTED, DEBUG: run on
 
     def _handle_action(self, action: Action, exit_: Exit) -> RunResult | None:
         if action is Action.DEBUG_EXIT:
@@ -414,10 +422,10 @@ class Machine:
             self._reboot()
         return None
 
-    def _wait_for_interrupt(self) -> RunResult | None:
-        """hlt with interrupts enabled: sleep until an interrupt can be taken or we must stop.
-        Timers run here too (this is the vCPU thread)."""
-        while True:
+    def _wait_for_interrupt(self, stop: threading.Event | None = None) -> RunResult | None:
+        """hlt with interrupts enabled: sleep until an interrupt can be taken, `stop` is set or
+        we must stop. Timers run here too (this is the vCPU thread)."""
+        while stop is None or not stop.is_set():
             action = self._take_action()
             if action is not None:
                 return self._handle_action(action, Exit(ExitKind.HALT))
@@ -435,6 +443,7 @@ class Machine:
                 timeout = min(timeout, max(0.0, (deadline - self.clock.now_ns()) / 1e9))
             self._wake.wait(timeout)
             self._wake.clear()
+        return None
 
     def _interrupt_deliverable(self) -> bool:
         if self.pic is None:
