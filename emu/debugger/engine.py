@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emu.cpu.state import Mode
 from emu.debugger.stops import Breakpoint, Catchpoint, StopKind, Watchpoint
 
 
@@ -14,6 +15,9 @@ class Points:
     breakpoints: dict[int, Breakpoint] = field(default_factory=dict)
     watchpoints: dict[int, Watchpoint] = field(default_factory=dict)
     catchpoints: dict[int, Catchpoint] = field(default_factory=dict)
+
+    def tables(self) -> tuple[dict[int, Breakpoint], dict[int, Watchpoint], dict[int, Catchpoint]]:
+        return self.breakpoints, self.watchpoints, self.catchpoints
 
 
 @dataclass
@@ -33,6 +37,26 @@ class Hit:
     message: str
     number: int | None = None
     detail: dict[str, object] = field(default_factory=dict)
+
+
+def mode_change_hit(number: int, old: tuple[Mode, bool], new: tuple[Mode, bool]) -> Hit | None:
+    """Catchpoint `number`'s stop when the (mode, paging) pair changed, else None."""
+    (old_mode, old_paging), (new_mode, new_paging) = old, new
+    parts = []
+    if old_mode != new_mode:
+        parts.append(f"mode {old_mode.value} -> {new_mode.value}")
+    if old_paging != new_paging:
+        parts.append("paging " + ("on" if new_paging else "off"))
+    if not parts:
+        return None
+    detail = {"old_mode": old_mode.value, "new_mode": new_mode.value, "paging": new_paging}
+    return Hit(StopKind.MODE_CHANGE, ", ".join(parts), number, detail)
+
+
+def cr_write_hit(number: int, register: str, old: int, new: int) -> Hit:
+    """Catchpoint `number`'s stop for a write of `register` (cr0, cr3, cr4, efer)."""
+    detail = {"register": register, "old": old, "new": new}
+    return Hit(StopKind.CR_WRITE, f"{register.upper()} written: {old:#x} -> {new:#x}", number, detail)
 
 
 # Opcode classes whose effect the careful engines check after the instruction (see classify()).

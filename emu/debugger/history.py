@@ -10,8 +10,6 @@ from typing import Any
 from emu.backends.unicorn import rawstate as R
 from emu.cpu.state import GPR_NAMES
 
-_RAW_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 DEFAULT_SIZE = 4096
 
 
@@ -22,7 +20,7 @@ class HistoryEntry:
     writes: list[tuple[int, bytes]] = field(default_factory=list)  # (physical address, old bytes)
 
     def registers(self) -> dict[str, int]:
-        regs = {name: self.raw.u64(R.OFF_REGS + 8 * i) for i, name in enumerate(_RAW_GPRS)}
+        regs = {name: self.raw.u64(R.OFF_REGS + 8 * i) for i, name in enumerate(R.RAW_GPRS)}
         regs["rip"] = self.raw.u64(R.OFF_EIP)
         return {n: regs[n] for n in (*GPR_NAMES, "rip")}
 

@@ -17,7 +17,7 @@ from emu.backends.base import Exit, ExitKind
 from emu.backends.kvm import api
 from emu.backends.kvm.backend import KvmBackend
 from emu.cpu.state import CpuState
-from emu.debugger.engine import Hit, Points, RunPlan
+from emu.debugger.engine import Hit, Points, RunPlan, cr_write_hit, mode_change_hit
 from emu.debugger.stops import AddrSpace, CatchKind, StopKind, Unsupported, WatchKind
 from emu.memory import GuestMemory
 
@@ -121,8 +121,8 @@ class KvmEngine:
 
     def after_exit(self, exit_: Exit) -> Hit | None:
         if exit_.kind is not ExitKind.DEBUG:
-            if exit_.kind is ExitKind.HALT:
-                self.executed += 1 if self._stepping else 0
+            if exit_.kind is ExitKind.HALT and self._stepping:
+                self.executed += 1
             return None
         dr6 = int(exit_.detail.get("dr6", 0))
         was_step_over, self._step_over = self._step_over, False
@@ -157,20 +157,15 @@ class KvmEngine:
         for c in self.points.catchpoints.values():
             if not c.enabled:
                 continue
-            if c.kind is CatchKind.MODE and (old["mode"] != new["mode"] or old["paging"] != new["paging"]):
-                parts = []
-                if old["mode"] != new["mode"]:
-                    parts.append(f"mode {old['mode'].value} -> {new['mode'].value}")
-                if old["paging"] != new["paging"]:
-                    parts.append("paging " + ("on" if new["paging"] else "off"))
-                detail = {"old_mode": old["mode"].value, "new_mode": new["mode"].value, "paging": new["paging"]}
-                return Hit(StopKind.MODE_CHANGE, ", ".join(parts), c.number, detail)
+            if c.kind is CatchKind.MODE:
+                hit = mode_change_hit(c.number, (old["mode"], old["paging"]), (new["mode"], new["paging"]))
+                if hit is not None:
+                    return hit
             if c.kind is CatchKind.CR_WRITE:
                 # Without the instruction stream only a changed value is visible under KVM.
                 for reg in sorted(c.regs):
                     if old[reg] != new[reg]:
-                        return Hit(StopKind.CR_WRITE, f"{reg.upper()} written: {old[reg]:#x} -> {new[reg]:#x}",
-                                   c.number, {"register": reg, "old": old[reg], "new": new[reg]})  # fmt: skip
+                        return cr_write_hit(c.number, reg, old[reg], new[reg])
         if self._plan.limit is not None and self.executed >= self._plan.limit:
             return Hit(self._plan.limit_kind, "")
         return None

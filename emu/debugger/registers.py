@@ -4,10 +4,10 @@ from a CpuState, and the decoded bit names of RFLAGS, CR0, CR4 and EFER."""
 from __future__ import annotations
 
 from emu.cpu import x86
-from emu.cpu.state import CpuState
+from emu.cpu.state import SEGMENT_NAMES, CpuState
 
 _LEGACY = ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")
-_SEGS = ("cs", "ds", "es", "fs", "gs", "ss")
+_SEGS = SEGMENT_NAMES
 FLAG_BITS = {
     "cf": 0, "pf": 2, "af": 4, "zf": 6, "sf": 7, "tf": 8, "if": 9, "df": 10, "of": 11,
     "nt": 14, "rf": 16, "vm": 17, "ac": 18, "vif": 19, "vip": 20, "id": 21,

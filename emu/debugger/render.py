@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from emu.cpu import paging
-from emu.cpu.state import GPR_NAMES, CpuState
+from emu.cpu.state import ALL_SEGMENT_NAMES, GPR_NAMES, CpuState
 from emu.debugger.history import HistoryView
-from emu.debugger.stops import Stop
+from emu.debugger.stops import Breakpoint, Stop, Watchpoint
 from emu.debugger.views import (
     BootView,
     DisasmLine,
+    Mapping,
     MemoryView,
     RegisterView,
     StackView,
@@ -26,6 +27,17 @@ def stop_line(stop: Stop) -> str:
     count = f", {n} instruction{'s' if n != 1 else ''}" if n > 0 else ""
     status = f", exit status {stop.exit_status}" if stop.exit_status is not None else ""
     return f"stopped ({stop.kind.value}{count}{status}): {stop.message}"
+
+
+def breakpoint_line(b: Breakpoint) -> str:
+    """A breakpoint as `info break` and the TUI's Breakpoints tab list it."""
+    cond = f" if {b.condition.text}" if b.condition else ""
+    kind = "tbreak" if b.temporary else "break"
+    return f"{b.number:<3} {kind:<7} {b.space.value} {b.address:#x} ({b.spec}){cond}, hit {b.hits}"
+
+
+def watchpoint_line(w: Watchpoint) -> str:
+    return f"{w.number:<3} {w.kind.value:<7} physical {w.address:#x}+{w.size}, hit {w.hits}"
 
 
 def where_line(state: CpuState, line: DisasmLine | None) -> str:
@@ -65,7 +77,7 @@ def registers_text(view: RegisterView) -> str:
 
 def sregs_text(s: CpuState) -> str:
     rows = []
-    for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+    for name in ALL_SEGMENT_NAMES:
         seg = getattr(s, name)
         words = segment_words(seg)
         rows.append(f"{name:<3} {seg.selector:#06x}  base {seg.base:#018x} limit {seg.limit:#010x}  {words}")
@@ -126,9 +138,19 @@ def translate_text(view: TranslateView) -> str:
     if w.physical is None:
         rows.append("  -> not mapped: " + (f"{w.steps[-1].level} entry not present" if w.steps else "no tables"))
     else:
-        rights = ("W" if w.writable else "R") + ("U" if w.user else "S") + ("X" if w.executable else "NX")
-        rows.append(f"  -> physical {w.physical:#x} ({w.page_size // 1024} KiB page, {rights})")
+        rows.append(f"  -> physical {w.physical:#x} ({w.page_size // 1024} KiB page, {rights(w)})")
     return "\n".join(rows)
+
+
+def rights(page: paging.Walk | Mapping) -> str:
+    """R/W and S/U, then X/NX for a walk (a merged mapping has no NX), as Bochs writes them."""
+    text = ("W" if page.writable else "R") + ("U" if page.user else "S")
+    return text + ("X" if page.executable else "NX") if isinstance(page, paging.Walk) else text
+
+
+def mapping_line(mp: Mapping) -> str:
+    """One line of `info tab`: a run of contiguous mappings."""
+    return f"  {mp.linear:#018x}-{mp.linear + mp.size - 1:#018x} -> {mp.physical:#x} {rights(mp)}"
 
 
 def _pte_bits(entry: int) -> str:

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
-from emu.debugger import expr, registers, render, views
+from emu.debugger import render, views
 from emu.debugger.session import DebugSession
 from emu.debugger.stops import AddrSpace, CatchKind, Stop, Unsupported, WatchKind
 from emu.errors import EmuError
@@ -248,19 +248,14 @@ class ScriptRunner:
     def cmd_print(self, arg: str) -> None:
         if not arg:
             raise EmuError("print needs an expression")
-        from emu.debugger.session import _Ctx
-
-        text = arg.replace("$", "")
-        value = expr.parse(text, registers.known).evaluate(_Ctx(self.s, self.s.state()))
+        value = self.s.evaluate(arg.replace("$", ""))
         self.write(f"{arg} = {value:#x} ({value})")
 
     def cmd_set(self, arg: str) -> None:
         m = re.match(r"^\$?(\w+)\s*=\s*(.+)$", arg)
         if m is None:
             raise EmuError("set $REG = VALUE")
-        from emu.debugger.session import _Ctx
-
-        value = expr.parse(m.group(2).replace("$", ""), registers.known).evaluate(_Ctx(self.s, self.s.state()))
+        value = self.s.evaluate(m.group(2).replace("$", ""))
         self.s.set_register(m.group(1), value)
         self.write(f"{m.group(1)} = {value:#x}")
 
@@ -295,8 +290,7 @@ class ScriptRunner:
             if not s.state().paging:
                 self.write("paging is off: linear addresses are physical")
             for mp in maps:
-                rights = ("W" if mp.writable else "R") + ("U" if mp.user else "S")
-                self.write(f"  {mp.linear:#018x}-{mp.linear + mp.size - 1:#018x} -> {mp.physical:#x} {rights}")
+                self.write(render.mapping_line(mp))
         elif what == "mode":
             st = s.state()
             paging_text = "paging on" if st.paging else "paging off"
@@ -312,9 +306,7 @@ class ScriptRunner:
         elif what in ("vga", "screen"):
             self.write("\n".join(views.vga_text(s)) or "(the VGA text screen is blank)")
         elif what == "history":
-            hv = s.history_views(self._count(rest, 16) if rest else 16)
-            lines = {line.address: line.text for v in hv for line in views.disassembly(s, v.address, 1)}
-            self.write(render.history_text(hv, lines))
+            self.write(render.history_text(*views.history_view(s, self._count(rest, 16) if rest else 16)))
         elif what == "backend":
             self.write(f"backend {s.machine.cfg.backend.value}")
             for name, why in s.capabilities().items():
@@ -328,13 +320,9 @@ class ScriptRunner:
             self.write("no breakpoints, watchpoints or catchpoints")
             return
         for b in p.breakpoints.values():
-            cond = f" if {b.condition.text}" if b.condition else ""
-            kind = "tbreak" if b.temporary else "break"
-            state = "" if b.enabled else " (disabled)"
-            self.write(f"{b.number:<3} {kind:<7} {b.space.value} {b.address:#x} ({b.spec}){cond}, hit {b.hits}{state}")
+            self.write(render.breakpoint_line(b) + ("" if b.enabled else " (disabled)"))
         for w in p.watchpoints.values():
-            state = "" if w.enabled else " (disabled)"
-            self.write(f"{w.number:<3} {w.kind.value:<7} physical {w.address:#x}+{w.size}, hit {w.hits}{state}")
+            self.write(render.watchpoint_line(w) + ("" if w.enabled else " (disabled)"))
         for c in p.catchpoints.values():
             what = {CatchKind.MODE: "mode changes", CatchKind.INTERRUPT: "any interrupt",
                     CatchKind.EXCEPTION: f"exception {c.vector:#x}" if c.vector is not None else "exception",

@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from emu.backends.base import ExitKind
+from emu.backends.base import Exit, ExitKind
 from emu.config import BackendName, MachineConfig
 from emu.cpu import paging
 from emu.cpu.interrupts import Fault, LinearMemory
@@ -45,6 +45,8 @@ from emu.timers import HostClock
 if TYPE_CHECKING:
     from emu.debugger.kvm_engine import KvmEngine
     from emu.debugger.unicorn_engine import UnicornEngine
+
+_P = TypeVar("_P", Breakpoint, Watchpoint)
 
 #: What each backend cannot do (None: supported). The TUI greys these out with the reason.
 KVM_LIMITS = {
@@ -141,11 +143,10 @@ class DebugSession:
             assert isinstance(self.backend, UnicornBackend)
             self.engine = UnicornEngine(self.backend, self.memory, self.points, self.history)
         self._clock: _PausedHostClock | None = None
-        if machine._virtual is None:  # virtual time needs no timer thread (as in Machine.run)
-            if type(machine.clock) is HostClock:  # nothing has run yet: swap in a pausable one
-                self._clock = _PausedHostClock()
-                machine.clock = machine.timers.clock = self._clock
-            machine._timer_thread.start()
+        if type(machine.clock) is HostClock:  # host time and nothing has run yet: make it pausable
+            self._clock = _PausedHostClock()
+            machine.clock = machine.timers.clock = self._clock
+        machine.start_timers()
         self.last_stop = Stop(StopKind.STEP, "paused at the first instruction", self.state(), 0)
 
     @classmethod
@@ -202,6 +203,10 @@ class DebugSession:
     def translate(self, linear: int) -> paging.Walk:
         s = self.state()
         return paging.walk(self.memory, paging.PagingRegs(s.cr0, s.cr3, s.cr4, s.efer), linear)
+
+    def evaluate(self, text: str) -> int:
+        """An expression (registers, byte/word/dword/qword [ADDR]) on the paused CPU."""
+        return expr.parse(text, registers.known).evaluate(_Ctx(self, self.state()))
 
     def set_register(self, name: str, value: int) -> None:
         """Write a full register (rax..r15, rip, rflags) of the paused CPU."""
@@ -271,13 +276,7 @@ class DebugSession:
         loc = self.parse_location(where)
         cond = expr.parse(condition, registers.known) if condition else None
         bp = Breakpoint(self._take_number(), loc.space, loc.address, loc.spec, cond, temporary)
-        self.points.breakpoints[bp.number] = bp
-        try:
-            self._check_points()
-        except Unsupported:
-            del self.points.breakpoints[bp.number]
-            raise
-        return bp
+        return self._insert(self.points.breakpoints, bp)
 
     def add_watchpoint(self, where: str, size: int = 1, kind: WatchKind = WatchKind.WRITE) -> Watchpoint:
         """A watchpoint on a physical range (a `phys`/`p:` prefix is accepted and changes nothing)."""
@@ -287,13 +286,17 @@ class DebugSession:
         if size < 1 or size > 1 << 20:
             raise EmuError(f"watch size {size} is out of range (1 to 1 MiB)")
         wp = Watchpoint(self._take_number(), kind, loc.address, size)
-        self.points.watchpoints[wp.number] = wp
+        return self._insert(self.points.watchpoints, wp)
+
+    def _insert(self, table: dict[int, _P], point: _P) -> _P:
+        """Add a point; one the backend cannot arm with the others is taken out again."""
+        table[point.number] = point
         try:
             self._check_points()
         except Unsupported:
-            del self.points.watchpoints[wp.number]
+            del table[point.number]
             raise
-        return wp
+        return point
 
     def add_catch(self, kind: CatchKind, vector: int | None = None, regs: frozenset[str] | None = None) -> Catchpoint:
         if self.kvm and kind in (CatchKind.EXCEPTION, CatchKind.INTERRUPT):
@@ -311,7 +314,7 @@ class DebugSession:
 
     def delete(self, number: int | None = None) -> None:
         """Delete one point by number, or all of them."""
-        tables = (self.points.breakpoints, self.points.watchpoints, self.points.catchpoints)
+        tables = self.points.tables()
         if number is None:
             for t in tables:
                 t.clear()
@@ -323,7 +326,7 @@ class DebugSession:
         raise EmuError(f"no breakpoint, watchpoint or catchpoint number {number}")
 
     def enable(self, number: int, enabled: bool = True) -> None:
-        for t in (self.points.breakpoints, self.points.watchpoints, self.points.catchpoints):
+        for t in self.points.tables():
             if number in t:
                 t[number].enabled = enabled
                 if enabled:
@@ -349,7 +352,7 @@ class DebugSession:
     def stop(self) -> None:
         """Make a running command return a USER stop soon. Thread-safe, never blocks."""
         self._user_stop.set()
-        self.machine._wake.set()
+        self.machine.wake()
         self.backend.request_stop()
 
     def stepi(self, count: int = 1) -> Stop:
@@ -467,62 +470,28 @@ class DebugSession:
         return self.last_stop
 
     def _loop(self) -> tuple[Hit | None, RunResult | None]:
-        m = self.machine
-        eng = self.engine
-        while True:
-            if self._user_stop.is_set():
-                return Hit(StopKind.USER, "stopped by request"), None
-            exit_ = eng.run_once()
-            m._run_timers()
-            action = m._take_action()
-            if action is not None:
-                result = m._handle_action(action, exit_)
-                if result is not None:
-                    return None, result
-                continue  # a reset rebooted the machine: run on from the reset vector
-            hit = eng.after_exit(exit_)
+        """Machine.run's loop with the engine's run and checks in it; a hlt waits until stop()."""
+        m, eng = self.machine, self.engine
+        while not self._user_stop.is_set():
+            out = m.run_backend(eng.run_once)
+            if not isinstance(out, Exit):
+                if out is not None:
+                    return None, out
+                continue  # a request was handled (a reboot): run on from the reset vector
+            hit = eng.after_exit(out)
             if hit is not None:
                 return hit, None
-            kind = exit_.kind
-            if kind is ExitKind.HALT:
-                if exit_.detail.get("for_good") or self.backend.is_halted_for_good():
-                    return None, m._result(ExitStatus.OK, "guest halted with interrupts disabled", exit_)
-                if not self._wait_for_interrupt():
-                    continue
+            result = m.handle_exit(out, self._user_stop)
+            if result is not None:
+                return None, result
+            if out.kind is ExitKind.HALT and self._user_stop.is_set():
                 return Hit(StopKind.USER, "stopped by request while the CPU waited in hlt"), None
-            if kind is ExitKind.SHUTDOWN:
-                return None, m._result(ExitStatus.TRIPLE_FAULT, f"triple fault: {exit_.message}", exit_)
-            if kind is ExitKind.RESET:
-                m._reboot()
-            elif kind is ExitKind.POWEROFF:
-                return None, m._result(ExitStatus.OK, "guest powered off", exit_)
-            elif kind is ExitKind.ERROR:
-                return None, m._result(ExitStatus.SOFTWARE, exit_.message, exit_)
-
-    def _wait_for_interrupt(self) -> bool:
-        """hlt with IF=1: wait as Machine does, but a stop() ends the wait (True)."""
-        m = self.machine
-        while not self._user_stop.is_set():
-            if m._action is not None:
-                return False  # the loop handles it
-            m._run_timers()
-            if self.backend.is_halted_for_good() or m._interrupt_deliverable():
-                return False
-            if m._virtual is not None and (deadline := m.timers.next_deadline()) is not None:
-                m._virtual.skip_to(deadline)
-                continue
-            timeout = 0.05
-            deadline = m.timers.next_deadline()
-            if deadline is not None:
-                timeout = min(timeout, max(0.0, (deadline - m.clock.now_ns()) / 1e9))
-            m._wake.wait(timeout)
-            m._wake.clear()
-        return True
+        return Hit(StopKind.USER, "stopped by request"), None
 
     def _finish(self, result: RunResult) -> Stop:
+        # ExitStatus is an IntEnum: the plain int status finds its member.
         kind = {ExitStatus.TRIPLE_FAULT: StopKind.TRIPLE_FAULT, ExitStatus.SOFTWARE: StopKind.ERROR}.get(
-            ExitStatus(result.status) if result.status in ExitStatus._value2member_map_ else ExitStatus.OK,
-            StopKind.EXITED,
+            result.status, StopKind.EXITED
         )
         if result.reason.startswith("guest halted"):
             kind = StopKind.HALTED

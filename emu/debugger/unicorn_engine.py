@@ -26,8 +26,8 @@ from emu.backends.unicorn import rawstate as R
 from emu.backends.unicorn.backend import UnicornBackend
 from emu.cpu import paging, x86
 from emu.cpu.interrupts import Event, EventKind
-from emu.cpu.state import CpuState
-from emu.debugger.engine import Hit, Points, RunPlan, classify
+from emu.cpu.state import CpuState, Mode
+from emu.debugger.engine import Hit, Points, RunPlan, classify, cr_write_hit, mode_change_hit
 from emu.debugger.history import History, HistoryEntry
 from emu.debugger.stops import AddrSpace, Breakpoint, CatchKind, StopKind, WatchKind
 from emu.errors import GuestMemoryError
@@ -51,7 +51,7 @@ class _Sig:
         self.regs = {"cr0": s.cr0, "cr3": s.cr3, "cr4": s.cr4, "efer": s.efer}
         self.mode = s.mode
         self.paging = s.paging
-        self.bits = 64 if s.mode.value == "long64" else 32 if s.mode.value in ("protected32", "compat") else 16
+        self.bits = s.mode.bits
         self.pregs = paging.PagingRegs(s.cr0, s.cr3, s.cr4, s.efer)
 
 
@@ -250,7 +250,7 @@ class UnicornEngine:
     def _linear_pc(self) -> int:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         sig = self._sig
-        if sig is None or sig.mode.value == "long64":
+        if sig is None or sig.mode is Mode.LONG:
             return rip
         return (sig.state.cs.base + rip) & 0xFFFF_FFFF
 
@@ -291,17 +291,9 @@ class UnicornEngine:
             if not c.enabled or hit is not None:
                 continue
             if c.kind is CatchKind.CR_WRITE and written in c.regs:
-                before, after = old.regs.get(written, 0), new.regs.get(written, 0)
-                msg = f"{written.upper()} written: {before:#x} -> {after:#x}"
-                hit = Hit(StopKind.CR_WRITE, msg, c.number, {"register": written, "old": before, "new": after})
-            elif c.kind is CatchKind.MODE and (old.mode != new.mode or old.paging != new.paging):
-                parts = []
-                if old.mode != new.mode:
-                    parts.append(f"mode {old.mode.value} -> {new.mode.value}")
-                if old.paging != new.paging:
-                    parts.append("paging " + ("on" if new.paging else "off"))
-                detail = {"old_mode": old.mode.value, "new_mode": new.mode.value, "paging": new.paging}
-                hit = Hit(StopKind.MODE_CHANGE, ", ".join(parts), c.number, detail)
+                hit = cr_write_hit(c.number, written, old.regs.get(written, 0), new.regs.get(written, 0))
+            elif c.kind is CatchKind.MODE:
+                hit = mode_change_hit(c.number, (old.mode, old.paging), (new.mode, new.paging))
             elif c.kind in (CatchKind.EXCEPTION, CatchKind.INTERRUPT):
                 for ev in events:
                     exc = ev.kind in (EventKind.EXCEPTION, EventKind.SOFTWARE_EXC)

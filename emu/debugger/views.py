@@ -15,6 +15,7 @@ from emu.cpu import paging, x86
 from emu.cpu.disasm import code_bits, disassemble
 from emu.cpu.state import CpuState, Mode, Segment
 from emu.debugger import registers
+from emu.debugger.history import HistoryView
 from emu.debugger.stops import AddrSpace
 from emu.errors import EmuError
 
@@ -131,6 +132,14 @@ def _line(session: DebugSession, insn: Any, pc: int, s: CpuState) -> DisasmLine:
     )  # fmt: skip
 
 
+def history_view(session: DebugSession, count: int) -> tuple[list[HistoryView], dict[int, str]]:
+    """The last `count` instructions of the history ring and each address's instruction text
+    (a loop's addresses are decoded once)."""
+    hv = session.history_views(count)
+    addresses = {v.address for v in hv}
+    return hv, {line.address: line.text for a in addresses for line in disassembly(session, a, 1)}
+
+
 # -- memory, translation, stack ------------------------------------------------------------------
 @dataclass
 class MemoryView:
@@ -195,6 +204,9 @@ class TableEntry:
     text: str
 
 
+_SYSTEM_16_BYTES = (x86.SEG_TYPE_LDT, x86.SEG_TYPE_TSS32_AVAIL, x86.SEG_TYPE_TSS_BUSY)
+
+
 def gdt_view(session: DebugSession, ldt: bool = False, limit: int = 64) -> list[TableEntry]:
     from emu.report.descriptors import segment_text
 
@@ -214,8 +226,9 @@ def gdt_view(session: DebugSession, ldt: bool = False, limit: int = 64) -> list[
             break
         text = ("null" if i == 0 and not ldt else "empty") if raw == 0 else segment_text(raw, long_mode)
         out.append(TableEntry(i, addr, raw, text))
+        d = x86.decode_descriptor(raw)
         # A 64-bit system descriptor (TSS, LDT) takes two slots.
-        i += 2 if long_mode and raw and not (raw >> 44) & 1 and (raw >> 40) & 0xF in (2, 9, 0xB) else 1
+        i += 2 if long_mode and raw and not d["s"] and d["type"] in _SYSTEM_16_BYTES else 1
     return out
 
 
@@ -269,8 +282,8 @@ def tss_view(session: DebugSession) -> TssView:
         view.error = "no TSS loaded (TR is 0)"
         return view
     if long_mode:
-        layout_ = [("rsp0", 4, 8), ("rsp1", 12, 8), ("rsp2", 20, 8)]
-        layout_ += [(f"ist{i}", 0x24 + 8 * (i - 1), 8) for i in range(1, 8)] + [("iomap_base", 0x66, 2)]
+        layout_ = [(f"rsp{i}", x86.tss64_stack_offset(cpl=i), 8) for i in range(3)]
+        layout_ += [(f"ist{i}", x86.tss64_stack_offset(ist=i), 8) for i in range(1, 8)] + [("iomap_base", 0x66, 2)]
     else:
         layout_ = [("link", 0, 2), ("esp0", 4, 4), ("ss0", 8, 2), ("esp1", 12, 4), ("ss1", 16, 2), ("esp2", 20, 4),
                    ("ss2", 24, 2), ("cr3", 28, 4), ("eip", 32, 4), ("eflags", 36, 4), ("esp", 56, 4),
@@ -294,47 +307,39 @@ class BootView:
 
 
 def boot_view(session: DebugSession) -> BootView:
+    from emu.firmware.boot import multiboot, pvh, zeropage
     from emu.firmware.tables.e820 import e820_map
 
     e820 = [(e.addr, e.size, e.type.name) for e in e820_map(session.memory)]
     structs: list[tuple[str, int, dict[str, Any]]] = []
     mem = session.read_physical
+
+    def u32(addr: int) -> int:
+        return int.from_bytes(mem(addr, 4), "little")
+
     zp = layout.ZERO_PAGE_ADDR
-    hdr = mem(zp + 0x202, 4)
-    if hdr == b"HdrS":
-        n = mem(zp + 0x1E8, 1)[0]
+    if mem(zp + zeropage.HEADER, 4) == zeropage.HDRS:
         fields: dict[str, Any] = {
-            "protocol": int.from_bytes(mem(zp + 0x206, 2), "little"),
-            "cmd_line_ptr": int.from_bytes(mem(zp + 0x228, 4), "little"),
-            "ramdisk_image": int.from_bytes(mem(zp + 0x218, 4), "little"),
-            "ramdisk_size": int.from_bytes(mem(zp + 0x21C, 4), "little"),
-            "e820_entries": n,
+            "protocol": int.from_bytes(mem(zp + zeropage.VERSION, 2), "little"),
+            "cmd_line_ptr": u32(zp + zeropage.CMD_LINE_PTR),
+            "ramdisk_image": u32(zp + zeropage.RAMDISK_IMAGE),
+            "ramdisk_size": u32(zp + zeropage.RAMDISK_SIZE),
+            "e820_entries": mem(zp + zeropage.E820_ENTRIES, 1)[0],
         }
         ptr = fields["cmd_line_ptr"]
         if ptr:
             fields["cmdline"] = mem(ptr, layout.CMDLINE_MAX).split(b"\0")[0].decode(errors="replace")
         structs.append(("Linux zero page (boot_params)", zp, fields))
     info = layout.BOOT_INFO_ADDR
-    magic = int.from_bytes(mem(info, 4), "little")
-    if magic == 0x336EC578:
-        f = {"version": int.from_bytes(mem(info + 4, 4), "little"),
-             "nr_modules": int.from_bytes(mem(info + 12, 4), "little"),
-             "cmdline_paddr": int.from_bytes(mem(info + 24, 8), "little"),
-             "memmap_entries": int.from_bytes(mem(info + 48, 4), "little")}  # fmt: skip
+    start = pvh.START_INFO.unpack(mem(info, pvh.START_INFO.size))
+    if start[0] == pvh.START_MAGIC:
+        f = {"version": start[1], "nr_modules": start[3], "cmdline_paddr": start[5], "memmap_entries": start[8]}
         structs.append(("PVH hvm_start_info", info, f))
-    elif session.state().rax & 0xFFFF_FFFF == 0x2BADB002 or _looks_multiboot(mem(info, 4)):
-        flags = int.from_bytes(mem(info, 4), "little")
-        f = {"flags": flags, "mem_lower_kib": int.from_bytes(mem(info + 4, 4), "little"),
-             "mem_upper_kib": int.from_bytes(mem(info + 8, 4), "little"),
-             "cmdline": int.from_bytes(mem(info + 16, 4), "little"),
-             "mods_count": int.from_bytes(mem(info + 20, 4), "little"),
-             "mmap_length": int.from_bytes(mem(info + 44, 4), "little")}  # fmt: skip
+    elif session.state().rax & 0xFFFF_FFFF == multiboot.BOOTLOADER_MAGIC:  # a flags word alone proves nothing
+        f = {"flags": u32(info), "mem_lower_kib": u32(info + 4), "mem_upper_kib": u32(info + 8),
+             "cmdline": u32(info + 16), "mods_count": u32(info + 20), "mmap_length": u32(info + 44)}  # fmt: skip
         structs.append(("multiboot information", info, f))
     return BootView(e820, structs)
-
-
-def _looks_multiboot(data: bytes) -> bool:
-    return False  # only recognised through EAX's magic: a flags word alone proves nothing
 
 
 def serial_text(session: DebugSession, tail: int = 4096) -> str:
@@ -363,16 +368,12 @@ def pic_view(session: DebugSession) -> dict[str, Any]:
     m = session.machine
     if m.pic is not None:
         return {"source": "emu 8259A pair", **m.pic.describe()}
-    from emu.backends.kvm import api
-    from emu.backends.kvm.api import ffi
-    from emu.backends.kvm.backend import ioctl
+    from emu.backends.kvm.backend import KvmBackend
 
+    assert isinstance(m.backend, KvmBackend)
     out: dict[str, Any] = {"source": "KVM in-kernel PIC (KVM_GET_IRQCHIP)"}
-    backend: Any = m.backend
     for chip_id, name in ((0, "master"), (1, "slave")):
-        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
-        ioctl(backend._vm_fd, api.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
-        raw = bytes(ffi.buffer(chip.chip))[: len(_KVM_PIC_FIELDS)]
+        raw = m.backend.irqchip(chip_id)[: len(_KVM_PIC_FIELDS)]
         out[name] = dict(zip(_KVM_PIC_FIELDS, raw, strict=True))
     return out
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from emu import __version__
 from emu.cpu.disasm import code_bits, disassemble
 from emu.cpu.interrupts import ChainLink, EventKind, Fault, LinearMemory, vector_name
-from emu.cpu.state import SEGMENT_NAMES, CpuState
+from emu.cpu.state import ALL_SEGMENT_NAMES, CpuState
 from emu.memory import GuestMemory
 from emu.report.causes import SELECTOR_ERROR_VECTORS, error_code_text, first_fault_cause
 from emu.report.descriptors import TableReader
@@ -22,7 +22,7 @@ from emu.report.model import (
     Trace,
     hx,
 )
-from emu.report.trace import hex_bytes, last_instructions
+from emu.report.trace import last_instructions
 
 if TYPE_CHECKING:
     from emu.backends.unicorn.kick import TraceEntry
@@ -38,7 +38,7 @@ def state_dict(s: CpuState) -> dict[str, Any]:
     d: dict[str, Any] = {"mode": s.mode.value, "cpl": s.cpl}
     d.update({name: hx(v) for name, v in s.gprs().items()})
     d["rip"], d["rflags"] = hx(s.rip), hx(s.rflags)
-    for name in (*SEGMENT_NAMES, "tr", "ldt"):
+    for name in ALL_SEGMENT_NAMES:
         seg = getattr(s, name)
         d[name] = {
             "selector": hx(seg.selector), "base": hx(seg.base), "limit": hx(seg.limit), "type": seg.type,
@@ -64,7 +64,7 @@ def code_at(state: CpuState, memory: GuestMemory) -> Code:
         except Fault as f:
             return Code(hx(pc), bits, [], f"cannot read code at {pc:#x}: {f.reason}")
     insns = disassemble(data, pc, bits, CODE_INSNS)
-    return Code(hx(pc), bits, [Instruction(hx(x.address), hex_bytes(x.data), x.text) for x in insns])
+    return Code(hx(pc), bits, [Instruction(hx(x.address), x.data.hex(" "), x.text) for x in insns])
 
 
 def chain_entries(chain: list[ChainLink]) -> list[ChainEntry]:

@@ -144,7 +144,7 @@ class TableReader:
     def tss_stack(self, ist: int, why: str) -> Descriptor:
         """The 64-bit TSS's ISTn (or RSP0 when ist is 0) pointer."""
         tr = self.state.tr
-        off = 0x24 + 8 * (ist - 1) if ist else 4
+        off = x86.tss64_stack_offset(ist)
         name = f"IST{ist}" if ist else "RSP0"
         if off + 7 > tr.limit:
             return Descriptor("TSS", off, None, None, f"{name}: beyond the TSS limit {tr.limit:#x}", why)

@@ -11,10 +11,6 @@ from emu.memory import GuestMemory
 from emu.report.model import Instruction, hx
 
 
-def hex_bytes(data: bytes) -> str:
-    return " ".join(f"{b:02x}" for b in data)
-
-
 def last_instructions(
     entries: list[TraceEntry],
     state: CpuState,
@@ -39,5 +35,5 @@ def last_instructions(
         last_block = i == len(entries) - 1
         if last_block and fault_pc is not None and e.address <= fault_pc < e.address + e.size:
             insns = [x for x in insns if x.address < fault_pc or (include_pc and x.address == fault_pc)]
-        out += [Instruction(hx(x.address), hex_bytes(x.data), x.text, e.repeat) for x in insns]
+        out += [Instruction(hx(x.address), x.data.hex(" "), x.text, e.repeat) for x in insns]
     return out[-count:] if count else []

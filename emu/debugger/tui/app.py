@@ -343,8 +343,7 @@ class DebuggerApp(App[int]):
         maps = views.page_mappings(s, limit=64)
         text.append("mappings (info tab):\n" if maps else "paging is off: linear addresses are physical\n", "bold")
         for mp in maps:
-            rights = ("W" if mp.writable else "R") + ("U" if mp.user else "S")
-            text.append(f"  {mp.linear:#018x}-{mp.linear + mp.size - 1:#018x} -> {mp.physical:#x} {rights}\n")
+            text.append(render.mapping_line(mp) + "\n")
         return text
 
     def screen_text(self) -> str:
@@ -359,6 +358,4 @@ class DebuggerApp(App[int]):
         s = self.session
         if s.kvm:
             return Text(f"no history: {s.capabilities()['reverse-stepi']}", panes.GREY)
-        hv = s.history_views(16)
-        lines = {line.address: line.text for v in hv for line in views.disassembly(s, v.address, 1)}
-        return Text(render.history_text(hv, lines))
+        return Text(render.history_text(*views.history_view(s, 16)))

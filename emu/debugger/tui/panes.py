@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from emu.cpu.state import GPR_NAMES, CpuState, Mode
+from emu.cpu.state import ALL_SEGMENT_NAMES, GPR_NAMES, CpuState, Mode
 from emu.debugger import render, views
 from emu.debugger.session import DebugSession
 from emu.debugger.stops import AddrSpace, Stop, StopKind
@@ -16,7 +16,7 @@ from emu.errors import EmuError
 
 CHANGED = "bold black on yellow"
 GREY = "grey50"
-_SEGS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+_SEGS = ALL_SEGMENT_NAMES
 
 # Stop kinds a user should notice at a glance (the status line's colour).
 STOP_STYLE = {
@@ -120,7 +120,7 @@ def memory_pane(session: DebugSession, address: int, space: AddrSpace, rows: int
     for r in range(rows):
         chunk = data[r * 16 : r * 16 + 16]
         t.append(f"{tag}{address + r * 16:010x} ", "bold")
-        t.append(" ".join(f"{b:02x}" for b in chunk[:8]) + "  " + " ".join(f"{b:02x}" for b in chunk[8:]))
+        t.append(chunk[:8].hex(" ") + "  " + chunk[8:].hex(" "))
         t.append("  " + "".join(chr(b) if 32 <= b < 127 else "." for b in chunk) + "\n", GREY)
     if space is AddrSpace.LINEAR:
         t.append(_translation_line(session, address))
@@ -134,8 +134,8 @@ def _translation_line(session: DebugSession, linear: int) -> Text:
     walk = session.translate(linear)
     if walk.physical is None:
         return Text(f"{linear:#x} is not mapped (w for the page walk)", "red")
-    rights = ("W" if walk.writable else "R") + ("U" if walk.user else "S") + ("X" if walk.executable else "NX")
-    return Text(f"{linear:#x} -> physical {walk.physical:#x}, {walk.page_size // 1024} KiB page {rights}", "green")
+    size = walk.page_size // 1024
+    return Text(f"{linear:#x} -> physical {walk.physical:#x}, {size} KiB page {render.rights(walk)}", "green")
 
 
 def stack_pane(session: DebugSession, rows: int) -> Text:
@@ -154,14 +154,10 @@ def points_pane(session: DebugSession) -> Text:
     if not (p.breakpoints or p.watchpoints or p.catchpoints):
         return Text("no breakpoints, watchpoints or catchpoints (F9 on a disassembly line, or `break LOC`)", GREY)
     for b in p.breakpoints.values():
-        cond = f" if {b.condition.text}" if b.condition else ""
-        kind = "tbreak" if b.temporary else "break"
-        t.append(f"{b.number:<3} {kind:<7} {b.space.value} {b.address:#x} ({b.spec}){cond}, hit {b.hits}",
-                 "" if b.enabled else GREY)  # fmt: skip
+        t.append(render.breakpoint_line(b), "" if b.enabled else GREY)
         t.append("\n" if b.enabled else " (disabled)\n", GREY)
     for w in p.watchpoints.values():
-        t.append(f"{w.number:<3} {w.kind.value:<7} physical {w.address:#x}+{w.size}, hit {w.hits}\n",
-                 "" if w.enabled else GREY)  # fmt: skip
+        t.append(render.watchpoint_line(w) + "\n", "" if w.enabled else GREY)
     for c in p.catchpoints.values():
         what = f"{c.kind.value} {c.vector:#x}" if c.vector is not None else c.kind.value
         if c.kind.value == "cr":
