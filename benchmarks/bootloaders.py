@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.linux_qemu import time_boot
+from benchmarks.linux_qemu import QEMU, available, best, host_line, time_boot
 from emu.tools.bootloaders import (
     GRUB_BANNER,
     GRUB_LOADING,
@@ -34,9 +33,8 @@ from emu.tools.bootloaders import (
     Boot,
     ensure_bootloader_images,
 )
-from emu.tools.guests import MARKER_START, GuestUnavailable
+from emu.tools.guests import MARKER_START
 
-QEMU = "qemu-system-x86_64"
 MEM_MIB = 256
 TIMEOUT_S = 120
 COLUMNS = ("banner", "grub", "kernel", "/init", "exit")
@@ -72,11 +70,6 @@ def qemu_command(image: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def best(runs: list[dict[str, float]], key: str) -> float:
-    values = [r[key] for r in runs if key in r]
-    return min(values) if values else math.nan
-
-
 def cell(v: float) -> str:
     return f"{'-':>8}" if math.isnan(v) else f"{v:>8.2f}"
 
@@ -85,10 +78,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("-n", "--runs", type=int, default=1, help="runs per row; the best is printed (default 1)")
     args = p.parse_args()
-    try:
-        built = ensure_bootloader_images()
-    except GuestUnavailable as e:
-        print(f"skipped: {e.reason}")
+    built = available(ensure_bootloader_images)
+    if built is None:
         return 0
     have_qemu = shutil.which(QEMU) is not None
     rows: list[Row] = []
@@ -99,7 +90,7 @@ def main() -> int:
     if not have_qemu:
         print(f"note: {QEMU} is not installed (apt-get install qemu-system-x86): emu rows only")
 
-    print(f"host: {platform.node()}, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(host_line())
     print(f"guest: Linux {built.guest.version} + busybox initramfs, {MEM_MIB} MiB; syslinux "
           f"{built.syslinux_version}, GRUB {built.grub_version}")  # fmt: skip
     print(f"best of {args.runs} run(s); seconds of host wall-clock time from process start\n")

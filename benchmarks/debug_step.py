@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.linux_qemu import QEMU
 from emu.config import BackendName, DiskSpec, MachineConfig
 from emu.debugger.session import DebugSession
 from emu.tools.asm import assemble
 
-QEMU = "qemu-system-x86_64"
 LOOP = """\
     org 0x7c00
 bits 16

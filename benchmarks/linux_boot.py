@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shutil
 import sys
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.linux_qemu import QEMU, default_cmdline, qemu_command, time_boot
-from emu.tools.guests import MARKER_DONE, MARKER_START, GuestUnavailable, LinuxGuest, ensure_linux_guest
+from benchmarks.linux_qemu import QEMU, available, best, default_cmdline, host_line, qemu_command, time_boot
+from emu.tools.guests import MARKER_DONE, MARKER_START, LinuxGuest, ensure_linux_guest
 
 MEM_MIB = 256
 TIMEOUT_S = 180
@@ -48,20 +47,13 @@ def emu_command(guest: LinuxGuest, cmdline: str, path: str) -> list[str]:
     ]  # fmt: skip
 
 
-def best(runs: list[dict[str, float]], key: str) -> float:
-    values = [r[key] for r in runs if key in r]
-    return min(values) if values else math.nan
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--runs", type=int, default=1, help="runs per row; the best is printed (default 1)")
     p.add_argument("--cmdline", help=f"kernel command line (default: {default_cmdline()!r})")
     args = p.parse_args()
-    try:
-        guest = ensure_linux_guest()
-    except GuestUnavailable as e:
-        print(f"skipped: {e.reason}")
+    guest = available(ensure_linux_guest)
+    if guest is None:
         return 0
     cmdline = args.cmdline or default_cmdline()
     rows = [Row("emu unicorn", path, emu_command(guest, cmdline, path)) for path in ("bzImage", "PVH", "vmlinux ELF")]
@@ -73,7 +65,7 @@ def main() -> int:
     else:
         print(f"note: {QEMU} is not installed (apt-get install qemu-system-x86): emu rows only")
 
-    print(f"host: {platform.node()}, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(host_line())
     print(f"guest: Linux {guest.version}, busybox initramfs, {MEM_MIB} MiB, cmdline {cmdline!r}")
     print(f"best of {args.runs} run(s); seconds of host wall-clock time from process start\n")
     header = f"{'tool':<18}{'boot path':<13}{'/init':>8}{'done':>8}{'exit':>8}{'sleep 1':>9}{'status':>8}{'RSS MiB':>9}"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The reference: the Debian cloud kernel + busybox initramfs (emu.tools.guests) under QEMU TCG.
 
-`qemu_command()` is the command line that boots them (used for comparisons with emu); run this
-file to boot once and print host wall-clock seconds to each /init marker.
+`qemu_command()` is the command line that boots them and `time_boot()` times a run; the other
+benchmarks compare emu with QEMU through them (and share `available()`, `best()`, `host_line()`).
+Run this file to boot once and print host wall-clock seconds to each /init marker.
 
 The guest's TSC under TCG is the host's TSC, so `tsc_early_khz` is the host's TSC rate: it skips
 the PIT calibration (which can fail under emulation, docs: ../shared/notes/boot-facts.md), and a
@@ -12,19 +13,44 @@ wrong value would make the guest clock (and `sleep 1`) run at the wrong speed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emu.tools.guests import MARKER_DONE, MARKER_START, SLEEP_RE, GuestUnavailable, LinuxGuest, ensure_linux_guest
 
 QEMU = "qemu-system-x86_64"
+T = TypeVar("T")
+
+
+def available(build: Callable[[], T], *also: type[Exception]) -> T | None:
+    """build()'s guest assets, or None after printing why the host cannot provide them (the
+    benchmark then skips: it is not a failure)."""
+    try:
+        return build()
+    except (GuestUnavailable, *also) as e:
+        print(f"skipped: {getattr(e, 'reason', e)}")
+        return None
+
+
+def best(runs: list[dict[str, float]], key: str) -> float:
+    """The smallest of `key` over time_boot() runs (nan when no run reached it)."""
+    values = [r[key] for r in runs if key in r]
+    return min(values) if values else math.nan
+
+
+def host_line() -> str:
+    return f"host: {platform.node()}, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
 
 
 def host_tsc_khz() -> int | None:
@@ -113,10 +139,8 @@ def main() -> int:
     p.add_argument("--cmdline", help=f"kernel command line (default: {default_cmdline()!r})")
     p.add_argument("-n", "--runs", type=int, default=1)
     args = p.parse_args()
-    try:
-        guest = ensure_linux_guest()
-    except GuestUnavailable as e:
-        print(f"skipped: {e.reason}")
+    guest = available(ensure_linux_guest)
+    if guest is None:
         return 0
     cmd = qemu_command(guest, args.cmdline, pvh=args.pvh)
     print(" ".join(cmd))

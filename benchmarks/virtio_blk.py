@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -30,24 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from guests.virtio.linux import MODULES, build_initramfs  # noqa: E402
+from guests.virtio.linux import INIT_HEAD, MODULES, build_initramfs  # noqa: E402
 
-from benchmarks.linux_qemu import QEMU, default_cmdline  # noqa: E402
+from benchmarks.linux_qemu import QEMU, available, default_cmdline, host_line  # noqa: E402
 from emu.config import BackendName, BootKind, DiskSpec, MachineConfig, VirtioTransport  # noqa: E402
 from emu.devices.diskimage import DiskImage  # noqa: E402
 from emu.devices.virtio.device import VirtioDevice  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.tools.guests import GuestUnavailable, LinuxGuest, ensure_linux_guest  # noqa: E402
+from emu.tools.guests import LinuxGuest, ensure_linux_guest  # noqa: E402
 
 DISK_MIB = 64
 MEM_MIB = 256
 RUNS = 3
-BENCH_INIT = rf"""#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in {" ".join(Path(m).name for m in MODULES)}; do insmod /lib/modules/$m; done
+BENCH_INIT = rf"""{INIT_HEAD}for m in {" ".join(Path(m).name for m in MODULES)}; do insmod /lib/modules/$m; done
 n=0
 while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 echo "BENCH-SECTORS $(cat /sys/block/vda/size)"
@@ -132,19 +126,21 @@ def run_qemu(guest: LinuxGuest, initrd: Path, disk: Path) -> tuple[list[float], 
     return dd_seconds(p.stdout), wall
 
 
+def assets_for_bench() -> tuple[LinuxGuest, Path]:
+    guest = ensure_linux_guest()
+    return guest, build_initramfs(guest, "initramfs-bench-blk.cpio", BENCH_INIT, MODULES, APPLETS)
+
+
 def main() -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    try:
-        guest = ensure_linux_guest()
-        initrd = build_initramfs(guest, "initramfs-bench-blk.cpio", BENCH_INIT, MODULES, APPLETS)
-    except (GuestUnavailable, FileNotFoundError) as e:
-        print(f"skipped: {getattr(e, 'reason', e)}")
+    assets = available(assets_for_bench, FileNotFoundError)  # FileNotFoundError: no kernel .deb kept
+    if assets is None:
         return 0
+    guest, initrd = assets
     with tempfile.TemporaryDirectory(prefix="emu-bench-blk-") as tmp:
         disk = Path(tmp) / "disk.img"
         disk.write_bytes(os.urandom(DISK_MIB << 20))
-        cpu = platform.processor() or platform.machine()
-        print(f"host: {platform.node()}, {cpu}, Python {platform.python_version()}")
+        print(host_line())
         print(f"guest: Linux {guest.version}, {MEM_MIB} MiB, {DISK_MIB} MiB raw disk, dd bs=1M, {RUNS} runs "
               "(page cache dropped before each)\n")  # fmt: skip
         emu_dd, emu_wall, stats = run_emu(guest, initrd, disk)

@@ -4,13 +4,11 @@ keyboard controller's output port."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from emu.tools.asm import assemble
+from guests.cli import emu_run
 
-REPO = Path(__file__).resolve().parents[1]
+from emu.tools.asm import assemble
 
 GUEST = """
 bits 16
@@ -68,9 +66,6 @@ putc:
 def test_a20_gates_mask_bit_20_under_unicorn(tmp_path: Path) -> None:
     image = tmp_path / "a20.img"
     image.write_bytes(assemble(GUEST, name="a20"))
-    p = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", "--backend", "unicorn", "--image", str(image), "--timeout", "20"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    p = emu_run("--backend", "unicorn", "--image", str(image), "--timeout", "20", timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "babab" + "c\n"

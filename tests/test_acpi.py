@@ -21,6 +21,7 @@ from guests.backends import BACKEND_PARAMS, require
 from emu import layout
 from emu.config import BackendName, BootKind, DiskSpec, MachineConfig, VirtioTransport
 from emu.devices.acpi_pm import PM_TIMER_HZ, SCI_EN, AcpiPm
+from emu.devices.pci.host import IntxRoute
 from emu.errors import EmuError
 from emu.firmware.boot import pvh, zeropage
 from emu.firmware.boot.kernel import load_kernel
@@ -31,7 +32,7 @@ from emu.timers import ManualClock
 
 MiB = 1 << 20
 DEVICES = (acpi.MmioDevice(0xD000_0000, 0x1000, 5), acpi.MmioDevice(0xD000_1000, 0x1000, 6))
-INTX = (acpi.PciIntx(1, 1, 15), acpi.PciIntx(2, 1, 9))
+INTX = (IntxRoute(1, 1, 15), IntxRoute(2, 1, 9))
 
 
 def _tables(lapic: bool) -> dict[bytes, tuple[int, bytes]]:

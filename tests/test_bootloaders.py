@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from guests.cli import emu_run
 
 from emu.tools.bootloaders import (
     GRUB_BANNER,
@@ -34,7 +32,6 @@ from emu.tools.bootloaders import (
 )
 from emu.tools.guests import MARKER_DONE, MARKER_START, GuestUnavailable
 
-REPO = Path(__file__).resolve().parents[1]
 FAILURE_SIGNS = ("EMU-INIT-WARN", "segfault", "Kernel panic", "Oops", "BUG:", "general protection fault")
 PAGE = 4096
 
@@ -57,11 +54,8 @@ def banners(boot: Boot) -> list[str]:
 
 @pytest.mark.parametrize("boot", list(Boot), ids=[b.value for b in Boot])
 def test_bootloader_boots_linux_to_init(images: BootloaderImages, boot: Boot) -> None:
-    p = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", "--backend", "unicorn", "--disk", f"{images[boot]},ro",
-         "--mem", "256", "--no-reboot", "--timeout", "60"],
-        cwd=REPO, capture_output=True, text=True, errors="replace", timeout=120,
-    )  # fmt: skip
+    disk = f"{images[boot]},ro"
+    p = emu_run("--backend", "unicorn", "--disk", disk, "--mem", "256", "--no-reboot", "--timeout", "60", timeout=120)
     out = p.stdout
     assert p.returncode == 0, f"exit {p.returncode}: {p.stderr.strip()}\n{out[-3000:]}"
 

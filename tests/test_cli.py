@@ -9,18 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from guests.cli import emu_run
 
 from emu.errors import ExitStatus
 from emu.tools.asm import assemble
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def emu_run(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", *args],
-        cwd=REPO, input=stdin, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess[str], status: int, *words: str) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
+from guests.cli import emu
 
 from emu.config import BackendName
 from emu.errors import ExitStatus
 from emu.tools.asm import assemble_file
 
-REPO = Path(__file__).resolve().parents[1]
 GUEST = Path(__file__).parent / "guests" / "debug" / "modes.asm"
 
 
@@ -28,10 +27,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def emu_debug(*args: str, script: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     extra = ["--script", "-"] if script is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "debug", *args, *extra],
-        cwd=REPO, input=script or "", capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return emu("debug", *args, *extra, stdin=script or "", timeout=timeout)
 
 
 SCRIPT = """\
@@ -152,10 +148,7 @@ def test_without_script_or_terminal_points_to_script_mode(image: Path) -> None:
 
 
 def test_missing_script_file(image: Path, tmp_path: Path) -> None:
-    p = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "debug", "--image", str(image), "--script", str(tmp_path / "nope")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    p = emu("debug", "--image", str(image), "--script", str(tmp_path / "nope"), timeout=60)
     assert p.returncode == ExitStatus.USAGE
     assert p.stderr.strip() == f"emu: error: --script {tmp_path / 'nope'}: No such file or directory"
 

@@ -5,8 +5,6 @@ delivery failed, and write the same as JSON that validates against docs/report.s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 from guests.backends import BACKEND_PARAMS, require
+from guests.cli import emu_run
 
 from emu.config import BackendName, MachineConfig
 from emu.errors import ExitStatus
@@ -94,13 +93,6 @@ def build_image(name: str, workdir: Path) -> Path:
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fault-guests")
-
-
-def emu_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def run_fault_guest(name: str, backend: BackendName, images: Path, tmp: Path, *extra: str) -> tuple[Any, str]:

@@ -4,12 +4,11 @@ with a byte-identical report, on every run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
+from guests.cli import emu_run
 
 from emu.errors import ExitStatus
 from emu.tools.asm import assemble, assemble_file
@@ -18,13 +17,6 @@ from emu.tools.guests import LinuxGuest
 REPO = Path(__file__).resolve().parents[1]
 GUESTS = Path(__file__).parent / "guests"
 SCHEMA = json.loads((REPO / "docs" / "report.schema.json").read_text())
-
-
-def emu_run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

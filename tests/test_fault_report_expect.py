@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from guests.cli import emu_run
 
 from emu.errors import ExitStatus
 from emu.expect import ExpectWatch
 from emu.tools.asm import assemble_file
 
-REPO = Path(__file__).resolve().parents[1]
 GUESTS = Path(__file__).parent / "guests"
-
-
-def emu_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

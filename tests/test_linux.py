@@ -10,25 +10,15 @@ command line and the E820 map it parsed, printed by the kernel's early console.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from guests.backends import kvm_unavailable_reason
+from guests.cli import emu_run
 
 from emu.tools.guests import MARKER_DONE, MARKER_START, SLEEP_RE, LinuxGuest
-from tests.guests.backends import kvm_unavailable_reason
 
-REPO = Path(__file__).resolve().parents[1]
 CMDLINE = "console=ttyS0 panic=-1"
 FAILURE_SIGNS = ("EMU-INIT-WARN", "segfault", "Kernel panic", "Oops", "BUG:", "general protection fault")
-
-
-def emu_run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", *args],
-        cwd=REPO, capture_output=True, text=True, errors="replace", timeout=timeout,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

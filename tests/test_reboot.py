@@ -3,17 +3,14 @@ controllers (KVM's in-kernel ones included) come back at their power-on state.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
+from guests.cli import emu_run
 
 from emu.config import BackendName
 from emu.tools.asm import assemble
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Boot 1 notes the master PIC's mask register in CMOS (battery-backed, survives the reset),
 # changes it and resets through the keyboard controller. Boot 2 compares the mask with the note.
@@ -76,9 +73,6 @@ def test_reset_restores_the_interrupt_controllers(backend: BackendName, tmp_path
     require(backend)
     image = tmp_path / "reboot.img"
     image.write_bytes(assemble(GUEST, name="reboot"))
-    p = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "run", "--backend", backend.value, "--image", str(image), "--timeout", "20"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    p = emu_run("--backend", backend.value, "--image", str(image), "--timeout", "20", timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "IMR at power-on again\n"

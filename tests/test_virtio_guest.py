@@ -5,12 +5,11 @@ types it: the command-line word Linux needs, and bad disk options as one error l
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from guests.backends import BACKEND_PARAMS, require
+from guests.cli import emu_run
 from guests.virtio.blkcase import (
     DONE_STATUS,
     SECTOR1,
@@ -25,7 +24,6 @@ from emu.config import BackendName, DiskSpec, MachineConfig, VirtioTransport
 from emu.errors import ExitStatus
 from emu.machine import run_machine
 
-REPO = Path(__file__).resolve().parents[1]
 MMIO_TRANSPORTS = (VirtioTransport.MMIO, VirtioTransport.MMIO_LEGACY)  # PCI: tests/test_pci_virtio.py
 TRANSPORTS = [pytest.param(t, id=t.value) for t in MMIO_TRANSPORTS]
 
@@ -94,11 +92,6 @@ def test_snapshot_leaves_the_image_untouched(kernel: Path, image: Path) -> None:
 
 
 # -- emu run -------------------------------------------------------------------------------------
-def emu_run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "emu.cli", "run", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-
-
 def test_cli_kernel_with_disk_and_legacy_default(kernel: Path, image: Path, tmp_path: Path) -> None:
     serial = tmp_path / "serial.txt"
     p = emu_run("--kernel", str(kernel), "--cmdline", "console=ttyS0", "--disk", str(image),

@@ -190,7 +190,7 @@ def write_disk(path: Path, sector0: bytes, gap: bytes, partition: Path) -> None:
     """sector 0, then `gap` (up to the partition), then the partition image; atomically."""
     if len(gap) > (PARTITION_LBA - 1) * SECTOR:
         raise HostError("the post-MBR gap overflows into the partition")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = debcache.temp_name(path)
     with open(tmp, "wb") as out, open(partition, "rb") as src:
         out.write(sector0)
         out.write(gap)
@@ -295,13 +295,14 @@ def _ensure_images(cache: Path, guest: LinuxGuest, verbose: bool) -> tuple[str, 
     stamp = out_dir / "stamp.json"
     outputs = [out_dir / b.image_name for b in Boot]
     inputs = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (guest.bzimage, guest.initramfs)]
-    parts = ("bootloaders", str(IMAGE_FORMAT), guest.version, *inputs, syslinux_config(), *_tool_packages())
+    packages = _tool_packages()
+    parts = ("bootloaders", str(IMAGE_FORMAT), guest.version, *inputs, syslinux_config(), *packages)
     recipe = debcache.recipe_hash(ASSET_FORMAT, *parts)
     info = debcache.stamp_ok(stamp, recipe, outputs)
     if info is not None:
         return str(info["syslinux_version"]), str(info["grub_version"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _tools(cache, _tool_packages()) as (tools, versions), tempfile.TemporaryDirectory() as workname:
+    with _tools(cache, packages) as (tools, versions), tempfile.TemporaryDirectory() as workname:
         work = Path(workname)
         syslinux_version, grub_version = versions["syslinux"], versions["grub-pc-bin"]
         _build_syslinux(tools, guest, work, out_dir / Boot.SYSLINUX.image_name)
@@ -317,8 +318,7 @@ def _ensure_images(cache: Path, guest: LinuxGuest, verbose: bool) -> tuple[str, 
 
 
 def _log(verbose: bool, msg: str) -> None:
-    if verbose:
-        print(f"fetch-bootloaders: {msg}", file=sys.stderr, flush=True)
+    debcache.log("fetch-bootloaders", verbose, msg)
 
 
 def ensure_bootloader_images(cache_dir: Path | None = None, *, verbose: bool = False) -> BootloaderImages:

@@ -35,8 +35,13 @@ class GuestUnavailable(Exception):
 # Files: atomic writes and stamps
 
 
+def temp_name(path: Path) -> Path:
+    """Where a file is written before it is renamed to `path` (per process: builders may race)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     tmp.write_bytes(data)
     tmp.chmod(mode)
     tmp.replace(path)
@@ -151,13 +156,13 @@ def unpack(deb: Path, into: Path) -> None:
         raise HostError(f"dpkg-deb -x {deb.name} failed: {tail(p.stderr)}")
 
 
-def fetch_deb(package: str | Callable[[], str], debs: Path, tmp: Path) -> Path:
-    """The package's .deb (`package` is a name or finds it), kept in `debs` so later rebuilds need
-    no network."""
-    if isinstance(package, str):
-        kept = sorted(debs.glob(f"{package}_*.deb"))
-        if kept:
-            return kept[-1]
+def fetch_deb(package: str | Callable[[], str], debs: Path, tmp: Path, kept: str | None = None) -> Path:
+    """The package's .deb, kept in `debs` so later rebuilds need no network. `package` is a name or
+    a function that finds one (asking apt), in which case `kept` globs for the .deb it kept."""
+    pattern = kept or (f"{package}_*.deb" if isinstance(package, str) else None)
+    found = sorted(debs.glob(pattern)) if pattern else []
+    if found:
+        return found[-1]
     deb = _download_fresh(package if callable(package) else lambda: package, tmp)
     debs.mkdir(parents=True, exist_ok=True)
     dest = debs / deb.name
@@ -177,6 +182,12 @@ def download_dir(prefix: str) -> Iterator[Path]:
 
 # --------------------------------------------------------------------------------------------
 # The fetch-* commands
+
+
+def log(prog: str, verbose: bool, msg: str) -> None:
+    """A progress line on stderr, shown unless the command runs with -q."""
+    if verbose:
+        print(f"{prog}: {msg}", file=sys.stderr, flush=True)
 
 
 def cli_main(

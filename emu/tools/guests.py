@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +107,7 @@ def _kernel_package() -> str:
 
 
 def _log(verbose: bool, msg: str) -> None:
-    if verbose:
-        print(f"fetch-guests: {msg}", file=sys.stderr, flush=True)
+    debcache.log("fetch-guests", verbose, msg)
 
 
 def _ensure_kernel(cache: Path, verbose: bool) -> str:
@@ -120,9 +120,8 @@ def _ensure_kernel(cache: Path, verbose: bool) -> str:
         return str(info["version"])
     linux.mkdir(parents=True, exist_ok=True)
     with debcache.download_dir("emu-guests-") as tmp:
-        kept = sorted((cache / "debs").glob("linux-image-*-cloud-amd64_*.deb"))
         t = time.monotonic()
-        deb = kept[-1] if kept else debcache.fetch_deb(_kernel_package, cache / "debs", tmp)
+        deb = debcache.fetch_deb(_kernel_package, cache / "debs", tmp, kept="linux-image-*-cloud-amd64_*.deb")
         _log(verbose, f"{deb.name}: {deb.stat().st_size / 1e6:.1f} MB ({time.monotonic() - t:.1f} s)")
         root = tmp / "root"
         debcache.unpack(deb, root)
@@ -141,14 +140,18 @@ def _ensure_kernel(cache: Path, verbose: bool) -> str:
     return version
 
 
-def build_initramfs(busybox: bytes, init_script: str = INIT_SCRIPT) -> bytes:
-    """The initramfs (newc) around a static busybox binary and the /init script."""
+def build_initramfs(
+    busybox: bytes, init_script: str = INIT_SCRIPT, applets: Iterable[str] = APPLETS, extra: Iterable[cpio.Entry] = ()
+) -> bytes:
+    """The initramfs (newc) around a static busybox binary (linked as `applets`), `extra` entries
+    (e.g. kernel modules, parents first) and the /init script."""
     entries = [
         cpio.directory("bin"), cpio.directory("dev"), cpio.directory("proc"), cpio.directory("sys"),
         cpio.directory("tmp", 0o1777),
         cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666),
         cpio.file("bin/busybox", busybox, 0o755),
-        *(cpio.symlink(f"bin/{applet}", "busybox") for applet in APPLETS),
+        *(cpio.symlink(f"bin/{applet}", "busybox") for applet in applets),
+        *extra,
         cpio.file("init", init_script.encode(), 0o755),
     ]  # fmt: skip
     return cpio.write_newc(entries)

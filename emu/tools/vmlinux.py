@@ -174,22 +174,13 @@ def lz4_block_decompress(src: bytes, start: int, end: int, max_out: int) -> byte
         i += 1
         lit = token >> 4
         if lit == 15:
-            while True:
-                if i >= end:
-                    raise LZ4Error(f"truncated literal length at input offset {i}")
-                b = src[i]
-                i += 1
-                lit += b
-                if b != 255:
-                    break
+            lit, i = _extra_length(src, i, end, lit, "literal")
         if lit:
             if i + lit > end:
                 raise LZ4Error(f"literals run past the block end at input offset {i} ({lit} bytes)")
             out += src[i : i + lit]
             i += lit
-        if i >= end:
-            if i > end:
-                raise LZ4Error(f"sequence overruns the block end at input offset {i}")
+        if i == end:  # the literals stop at `end` at the latest (checked above)
             break  # a block ends with a literals-only sequence
         if i + 2 > end:
             raise LZ4Error(f"truncated match offset at input offset {i}")
@@ -197,14 +188,7 @@ def lz4_block_decompress(src: bytes, start: int, end: int, max_out: int) -> byte
         i += 2
         mlen = (token & 15) + 4
         if mlen == 19:
-            while True:
-                if i >= end:
-                    raise LZ4Error(f"truncated match length at input offset {i}")
-                b = src[i]
-                i += 1
-                mlen += b
-                if b != 255:
-                    break
+            mlen, i = _extra_length(src, i, end, mlen, "match")
         olen = len(out)
         if offset == 0 or offset > olen:
             raise LZ4Error(f"match offset {offset} points before the output start (at output {olen}, input {i})")
@@ -221,8 +205,18 @@ def lz4_block_decompress(src: bytes, start: int, end: int, max_out: int) -> byte
             out += pattern * reps + pattern[:rest]
         if i >= end:
             raise LZ4Error(f"block ends after a match at input offset {i} (the last sequence must be literals)")
-        if len(out) > max_out:
-            raise LZ4Error(f"block output exceeds {max_out} bytes at input offset {i}")
-    if len(out) > max_out:
+    if len(out) > max_out:  # matches are checked as they go; this catches the last literals
         raise LZ4Error(f"block output exceeds {max_out} bytes")
     return bytes(out)
+
+
+def _extra_length(src: bytes, i: int, end: int, n: int, what: str) -> tuple[int, int]:
+    """`n` plus the length bytes at src[i:] (each added, until one is not 255), and the index after them."""
+    while True:
+        if i >= end:
+            raise LZ4Error(f"truncated {what} length at input offset {i}")
+        b = src[i]
+        i += 1
+        n += b
+        if b != 255:
+            return n, i

@@ -21,6 +21,44 @@
 %define V_BYTES      SCRATCH + 0x2C ; size of the current chunk
 %define V_SUM        SCRATCH + 0x30
 %define V_CHUNKS     SCRATCH + 0x34
+; TO_PM32 - from real mode into 32-bit protected mode, flat data segments, interrupts off.
+%macro TO_PM32 0
+    cli
+    lgdt [gdtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp 0x08:%%pm
+bits 32
+%%pm:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+%endmacro
+
+; TO_REAL - from 32-bit protected mode back to real mode (segments 0, SP = STACK, interrupts on).
+%macro TO_REAL 0
+    jmp 0x18:%%pm16
+bits 16
+%%pm16:
+    mov ax, 0x20
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr0
+    and al, ~1
+    mov cr0, eax
+    jmp 0x0000:%%real
+%%real:
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, STACK
+    sti
+%endmacro
+
     MBR_START 3
 
 main:
@@ -70,18 +108,7 @@ main:
     add [V_LBA], eax
 
     ; Protected mode, copy the chunk up, and back.
-    cli
-    lgdt [gdtr]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp 0x08:.pm_copy
-bits 32
-.pm_copy:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    TO_PM32
     mov esi, BOUNCE_SEG << 4
     mov edi, [V_DEST]
     mov ecx, [V_BYTES]
@@ -96,41 +123,13 @@ bits 32
     add edi, 4
     dec ecx
     jnz .copy
-    jmp 0x18:.pm16
-bits 16
-.pm16:
-    mov ax, 0x20
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov eax, cr0
-    and al, ~1
-    mov cr0, eax
-    jmp 0x0000:.real
-.real:
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, STACK
-    sti
+    TO_REAL
     inc dword [V_CHUNKS]
     jmp .chunk
 
 .loaded:
     ; Checksum in protected mode (the payload is above 1 MiB), result back in real mode.
-    cli
-    lgdt [gdtr]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp 0x08:.pm_sum
-bits 32
-.pm_sum:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    TO_PM32
     mov esi, DEST
     mov ecx, [V_DEST]
     sub ecx, esi
@@ -143,24 +142,7 @@ bits 32
     dec ecx
     jnz .sum
     mov [V_SUM], edx
-    jmp 0x18:.pm16_done
-bits 16
-.pm16_done:
-    mov ax, 0x20
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov eax, cr0
-    and al, ~1
-    mov cr0, eax
-    jmp 0x0000:.real_done
-.real_done:
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, STACK
-    sti
+    TO_REAL
     PRINT "osv: chunks="
     HEX [V_CHUNKS], 8
     PRINT " end="

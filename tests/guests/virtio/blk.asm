@@ -10,35 +10,7 @@
 %include "kreport.inc"
 %include "elf.inc"
 %include "virtq.inc"
-
-%define MMIO        0xD0000000      ; virtio-mmio slot 0 (emu/layout.py VIRTIO_MMIO_BASE)
-%define AVAIL_V2    0x402000        ; v2 puts each ring where it likes
-%define USED_V2     0x403000
-%define QSIZE       8
-
-%define R_MAGIC     0x000
-%define R_VERSION   0x004
-%define R_DEVICE    0x008
-%define R_VENDOR    0x00C
-%define R_DFEAT     0x010
-%define R_DFEATSEL  0x014
-%define R_GFEAT     0x020
-%define R_GFEATSEL  0x024
-%define R_PAGESIZE  0x028
-%define R_QSEL      0x030
-%define R_QNUMMAX   0x034
-%define R_QNUM      0x038
-%define R_QALIGN    0x03C
-%define R_QPFN      0x040
-%define R_QREADY    0x044
-%define R_NOTIFY    0x050
-%define R_ISR       0x060
-%define R_ACK       0x064
-%define R_STATUS    0x070
-%define R_QDESC     0x080
-%define R_QDRIVER   0x090
-%define R_QDEVICE   0x0A0
-%define R_CONFIG    0x100
+%include "mmio.inc"
 
     VIRTIO_GUEST "virtio-blk guest"
     call kquoted64
@@ -104,15 +76,7 @@
     mov dword [qsize], QSIZE
     cmp r12d, 2
     jne .legacy_queue
-    mov dword [rbx + R_QDESC], DESC
-    mov dword [rbx + R_QDESC + 4], 0
-    mov dword [rbx + R_QDRIVER], AVAIL_V2
-    mov dword [rbx + R_QDRIVER + 4], 0
-    mov dword [rbx + R_QDEVICE], USED_V2
-    mov dword [rbx + R_QDEVICE + 4], 0
-    mov dword [rbx + R_QREADY], 1
-    mov qword [avail], AVAIL_V2
-    mov qword [used], USED_V2
+    QUEUE_V2
     PRINT " ready="
     HEX dword [rbx + R_QREADY], 1
     jmp .driver_ok

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from emu.tools import cpio
+from emu.tools import cpio, debcache, guests
 from emu.tools.guests import CACHE_DIR, LinuxGuest
 
 # Load order from ../shared/notes/boot-facts.md, cut to what a virtio disk needs (the .deb has no
@@ -33,12 +33,15 @@ APPLETS = ("sh", "mount", "insmod", "cat", "ls", "sleep", "sha256sum", "dd", "sy
 WRITE_SECTOR = 3  # /init writes WRITE_TEXT at this sector of /dev/vdb
 WRITE_TEXT = "written by linux over virtio-blk"
 
-INIT = rf"""#!/bin/sh
+# What every /init here starts with: busybox's applets on PATH and the kernel's file systems.
+INIT_HEAD = """#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo EMU-VIRTIO-START
+"""
+
+INIT = rf"""{INIT_HEAD}echo EMU-VIRTIO-START
 # modprobe (kmod) would hand a module its parameters from /proc/cmdline (virtio_pci.force_legacy=1,
 # virtio_mmio.device=...); busybox insmod does not, so /init does.
 for m in {" ".join(Path(m).name for m in MODULES)}; do
@@ -90,24 +93,14 @@ def build_initramfs(
     debs = sorted((CACHE_DIR / "debs").glob(f"linux-image-{guest.version}_*.deb"))
     if not debs or shutil.which("dpkg-deb") is None:
         raise FileNotFoundError(f"no cached linux-image-{guest.version} .deb or no dpkg-deb")
-    busybox = (CACHE_DIR / "busybox").read_bytes()
     with tempfile.TemporaryDirectory(prefix="emu-virtio-") as tmp:
         kos = _extract_modules(debs[-1], guest.version, Path(tmp), modules)
-        entries = [
-            cpio.directory("bin"), cpio.directory("dev"), cpio.directory("proc"), cpio.directory("sys"),
-            cpio.directory("lib"), cpio.directory("lib/modules"), cpio.directory("tmp"),
-            cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666),
-            cpio.file("bin/busybox", busybox, 0o755),
-            *(cpio.symlink(f"bin/{a}", "busybox") for a in applets),
-            *(cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in kos),
-            cpio.file("init", init.encode(), 0o755),
-        ]  # fmt: skip
-        data = cpio.write_newc(entries)
+        lib = [cpio.directory("lib"), cpio.directory("lib/modules")]
+        lib += [cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in kos]
+        data = guests.build_initramfs((CACHE_DIR / "busybox").read_bytes(), init, applets, lib)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_bytes(data)
-    tmp_out.replace(out)
-    stamp.write_text(recipe)
+    debcache.write_atomic(out, data)
+    debcache.write_atomic(stamp, recipe.encode())  # last: an interrupted build leaves no stamp
     return out
 
 
@@ -126,12 +119,7 @@ GUEST_IP, HOST_IP = "10.0.2.15", "10.0.2.1"
 HTTP_PORT, SINK_PORT = 8000, 8001  # the host serves /blob on the first, swallows uploads on the second
 NET_BYTES = 10 * 1024 * 1024
 
-DEVICES_INIT = rf"""#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo EMU-DEVICES-START
+DEVICES_INIT = rf"""{INIT_HEAD}echo EMU-DEVICES-START
 for m in {" ".join(Path(m).name for m in DEVICE_MODULES)}; do
     insmod /lib/modules/$m || echo "EMU-VIRTIO-WARN insmod $m failed"
 done

@@ -9,27 +9,11 @@
 %include "kreport.inc"
 %include "elf.inc"
 %include "virtq.inc"
+%include "mmio.inc"
 
-%define MMIO        0xD0000000      ; virtio-mmio slot 0 (emu/layout.py VIRTIO_MMIO_BASE)
-%define AVAIL_V2    0x402000
-%define USED_V2     0x403000
-%define QSIZE       8
 %ifndef REQUESTS
 %define REQUESTS    1               ; benchmarks/virtio_blk_kvm.py sends more, one at a time
 %endif
-
-%define R_GFEAT     0x020
-%define R_GFEATSEL  0x024
-%define R_QSEL      0x030
-%define R_QNUM      0x038
-%define R_QREADY    0x044
-%define R_NOTIFY    0x050
-%define R_ISR       0x060
-%define R_ACK       0x064
-%define R_STATUS    0x070
-%define R_QDESC     0x080
-%define R_QDRIVER   0x090
-%define R_QDEVICE   0x0A0
 
     VIRTIO_GUEST "virtio-blk slow guest"
     PRINT 10
@@ -47,15 +31,7 @@
     mov dword [rbx + R_QSEL], 0
     mov dword [rbx + R_QNUM], QSIZE
     mov dword [qsize], QSIZE
-    mov dword [rbx + R_QDESC], DESC
-    mov dword [rbx + R_QDESC + 4], 0
-    mov dword [rbx + R_QDRIVER], AVAIL_V2
-    mov dword [rbx + R_QDRIVER + 4], 0
-    mov dword [rbx + R_QDEVICE], USED_V2
-    mov dword [rbx + R_QDEVICE + 4], 0
-    mov dword [rbx + R_QREADY], 1
-    mov qword [avail], AVAIL_V2
-    mov qword [used], USED_V2
+    QUEUE_V2
     mov dword [rbx + R_STATUS], 0xF ; + DRIVER_OK
 
     xor r15, r15
