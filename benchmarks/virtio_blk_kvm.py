@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Per-request cost of virtio-blk under KVM: the synchronous exit path against ioeventfd/irqfd
-and the device thread (emu/devices/virtio/eventfd.py).
+and the device thread (emu/devices/virtio/device_thread.py).
 
 The guest (tests/guests/virtio/slow.asm with REQUESTS defined) sends one-sector reads one at a
 time over virtio-mmio and spins on the used ring between them. Two runs per mode, SMALL and LARGE

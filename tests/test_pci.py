@@ -4,6 +4,7 @@ and the MP table entries that describe the slots."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,12 @@ from emu.bus import Bus
 from emu.devices.diskimage import DiskImage
 from emu.devices.pci.function import Command
 from emu.devices.pci.host import PciHost, intx_irq
+from emu.devices.pci.intx import INTA, IntxPin
 from emu.devices.pic import PicPair
 from emu.devices.virtio.blk import VirtioBlk
-from emu.devices.virtio.pci import PciMode, VirtioPci
+from emu.devices.virtio.transport.pci import VirtioPci
+from emu.devices.virtio.transport.pci_state import PciMode
+from emu.devices.virtio.wiring import Wiring
 from emu.firmware.tables import mptable
 from emu.memory import GuestMemory
 
@@ -31,7 +35,7 @@ class Board:
         self.pic = PicPair()
         self.pic.register(self.bus)
         self.lines: dict[int, bool] = {}
-        self.host = PciHost(self.bus, lambda irq, level: self.lines.__setitem__(irq, level))
+        self.host = PciHost(self.bus, lambda irq: functools.partial(self.lines.__setitem__, irq))
         self.host.register()
         self.disks = []
         self.devs = []
@@ -40,8 +44,10 @@ class Board:
             path.write_bytes(bytes(8 * 512))
             disk = DiskImage(path)
             self.disks.append(disk)
-            dev = VirtioPci(VirtioBlk(self.mem, disk), mode)
-            self.host.plug(dev)
+            slot = self.host.free_slot(INTA)
+            pin = IntxPin(INTA, slot.line)
+            dev = VirtioPci(VirtioBlk(self.mem, Wiring(pin.drive), disk), mode, pin)
+            self.host.plug(slot, dev)
             self.devs.append(dev)
         self.host.assign()
 

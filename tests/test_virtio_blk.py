@@ -14,7 +14,8 @@ from emu import layout
 from emu.bus import Bus
 from emu.devices.diskimage import DiskImage
 from emu.devices.virtio.blk import F_RO, VirtioBlk
-from emu.devices.virtio.mmio import VirtioMmio
+from emu.devices.virtio.transport.mmio import VirtioMmio
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 MEM = 16 << 20
@@ -33,8 +34,8 @@ class Blk:
         self.mem = GuestMemory(MEM)
         self.bus = Bus()
         self.disk = DiskImage(image, readonly, snapshot)
-        self.dev = VirtioBlk(self.mem, self.disk)
-        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5, lambda level: None).register(self.bus)
+        self.dev = VirtioBlk(self.mem, Wiring(lambda level: None), self.disk)
+        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5).register(self.bus)
         self.drv = MmioDriver(self.bus, self.mem, layout.VIRTIO_MMIO_BASE)
         self.drv.start()
 

@@ -9,7 +9,8 @@ from guests.virtio.driver import BUF, NEEDS_RESET, MmioDriver, start_multi
 from emu import layout
 from emu.bus import Bus
 from emu.devices.virtio.console import INPUT_LIMIT, RX, TX, VirtioConsole
-from emu.devices.virtio.mmio import VirtioMmio
+from emu.devices.virtio.transport.mmio import VirtioMmio
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 MEM = 16 << 20
@@ -20,8 +21,8 @@ class Setup:
         self.mem, bus = GuestMemory(MEM), Bus()
         self.out: list[bytes] = []
         self.irq: list[bool] = []
-        self.dev = VirtioConsole(self.mem, self.out.append)
-        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5, self.irq.append).register(bus)
+        self.dev = VirtioConsole(self.mem, Wiring(self.irq.append), self.out.append)
+        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5).register(bus)
         self.drv = MmioDriver(bus, self.mem, layout.VIRTIO_MMIO_BASE)
 
 

@@ -1,5 +1,5 @@
-"""virtio under KVM off the vCPU thread (emu/devices/virtio/eventfd.py): the project's blk guests
-notify through ioeventfds and interrupt through irqfds, a slow disk request leaves the vCPU
+"""virtio under KVM off the vCPU thread (emu/devices/virtio/device_thread.py): the project's blk
+guests notify through ioeventfds and interrupt through irqfds, a slow disk request leaves the vCPU
 running, a reset waits for the request in flight, and the registrations follow resets, BAR moves
 and decode changes."""
 
@@ -22,10 +22,12 @@ from guests.virtio.driver import BUF, NEXT, WRITE, Desc, MmioDriver
 from emu import layout
 from emu.backends.kvm.api import KvmError
 from emu.backends.kvm.backend import KvmBackend
+from emu.backends.kvm.eventfds import KvmEventfds
 from emu.config import BackendName, DiskSpec, MachineConfig, VirtioTransport
 from emu.devices.diskimage import DiskImage
-from emu.devices.virtio.eventfd import DeviceThread
-from emu.devices.virtio.pci import MODERN_BAR, NOTIFY_OFF, VirtioPci
+from emu.devices.virtio.device_thread import DeviceThread
+from emu.devices.virtio.transport.pci import VirtioPci
+from emu.devices.virtio.transport.pci_modern import MODERN_BAR, NOTIFY_OFF
 from emu.machine import Machine
 
 image = image_fixture
@@ -48,16 +50,22 @@ def machine(kernel: Path, image: Path, transport: VirtioTransport, cmdline: str 
     cfg = MachineConfig(backend=BackendName.KVM, mem=64 << 20, kernel=kernel, cmdline=cmdline,
                         disks=[DiskSpec(image, transport=transport)], timeout=60)  # fmt: skip
     m = Machine(cfg)
-    if eventfds and getattr(m.backend, "eventfds", None) is None:
+    if eventfds and m.backend.event_fds() is None:
         m.close()
         pytest.skip("this host's KVM lacks KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD or KVM_CAP_IRQFD_RESAMPLE")
     return m
 
 
 def io_thread(m: Machine) -> DeviceThread:
-    thread = m.virtio[0].io_thread
-    assert thread is not None
+    (thread,) = m.virtio_threads
+    assert isinstance(thread, DeviceThread) and thread.device is m.virtio[0].device
     return thread
+
+
+def kvm_eventfds(m: Machine) -> KvmEventfds:
+    host = m.backend.event_fds()
+    assert isinstance(host, KvmEventfds)
+    return host
 
 
 @pytest.fixture
@@ -103,7 +111,7 @@ def test_guest_notifies_by_ioeventfd_and_interrupts_by_irqfd(
         assert thread.irqfd_signals >= 6
         # The guest resets the device at the end: nothing stays registered in KVM.
         assert thread.ioeventfds == 0 and thread.irq_gsi is None
-        host = m.backend.eventfds  # type: ignore[attr-defined]
+        host = kvm_eventfds(m)
         assert host.ioeventfds == 0 and host.irqfds == 0
     finally:
         m.close()
@@ -207,7 +215,7 @@ def start_modern(m: Machine, bar: int) -> None:
 
 def registered_in_kvm(m: Machine, addr: int) -> bool:
     """Does KVM hold a 2-byte any-value ioeventfd at `addr`? A second one collides (EEXIST)."""
-    host = m.backend.eventfds  # type: ignore[attr-defined]
+    host = kvm_eventfds(m)
     fd = os.eventfd(0)
     try:
         try:
@@ -246,7 +254,7 @@ def test_registrations_follow_bar_moves_decode_and_reset(kernels: dict[str, Path
         # Driver reset: everything goes.
         m.bus.mmio_write(new + 0x14, 1, 0)
         assert thread.ioeventfds == 0 and thread.irq_gsi is None
-        host = m.backend.eventfds  # type: ignore[attr-defined]
+        host = kvm_eventfds(m)
         assert host.ioeventfds == 0 and host.irqfds == 0
         # Machine reset with the device live: the same.
         start_modern(m, new)

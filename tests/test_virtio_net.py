@@ -19,9 +19,10 @@ from guests.virtio.driver import BUF, F_VERSION_1, NEEDS_RESET, MmioDriver, star
 
 from emu import layout
 from emu.bus import Bus
-from emu.devices.virtio.mmio import VirtioMmio
 from emu.devices.virtio.net import F_MAC, F_STATUS, LINK_UP, RX, TX, TapLink, VirtioNet
 from emu.devices.virtio.tap import default_mac, open_tap, parse_mac
+from emu.devices.virtio.transport.mmio import VirtioMmio
+from emu.devices.virtio.wiring import Wiring
 from emu.errors import EmuError
 from emu.memory import GuestMemory
 
@@ -37,8 +38,9 @@ class Setup:
         self.host.settimeout(2)
         os.set_blocking(guest_end.fileno(), False)
         self.deferred: list[Callable[[], None]] = []  # what the vCPU thread would run
-        self.dev = VirtioNet(self.mem, TapLink(guest_end.detach(), "pair"), MAC, self.deferred.append)
-        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5, lambda level: None, legacy=legacy).register(bus)
+        link = TapLink(guest_end.detach(), "pair")
+        self.dev = VirtioNet(self.mem, Wiring(lambda level: None), link, MAC, self.deferred.append)
+        VirtioMmio(self.dev, layout.VIRTIO_MMIO_BASE, 5, legacy=legacy).register(bus)
         self.drv = MmioDriver(bus, self.mem, layout.VIRTIO_MMIO_BASE)
 
     def run_deferred(self, until: Callable[[], bool]) -> None:

@@ -43,8 +43,9 @@ from emu import layout
 from emu.bus import Bus
 from emu.devices.diskimage import DiskImage
 from emu.devices.virtio.blk import VirtioBlk
-from emu.devices.virtio.mmio import VirtioMmio
 from emu.devices.virtio.queue import vring_need_event
+from emu.devices.virtio.transport.mmio import VirtioMmio
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 MEM = 16 << 20
@@ -62,8 +63,8 @@ class Rig:
         self.bus = Bus()
         self.levels: list[bool] = []
         self.disk = DiskImage(image)
-        self.blk = VirtioBlk(self.mem, self.disk)
-        self.dev = VirtioMmio(self.blk, BASE, 5, self.levels.append, legacy=legacy)
+        self.blk = VirtioBlk(self.mem, Wiring(self.levels.append), self.disk)
+        self.dev = VirtioMmio(self.blk, BASE, 5, legacy=legacy)
         self.dev.register(self.bus)
         self.drv = MmioDriver(self.bus, self.mem, BASE)
 

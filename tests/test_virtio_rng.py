@@ -8,8 +8,9 @@ from guests.virtio.driver import BUF, DRIVER_OK, NEEDS_RESET, MmioDriver, start_
 
 from emu import layout
 from emu.bus import Bus
-from emu.devices.virtio.mmio import VirtioMmio
 from emu.devices.virtio.rng import MAX_REQUEST, VirtioRng, seeded_source
+from emu.devices.virtio.transport.mmio import VirtioMmio
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 MEM = 16 << 20
@@ -19,8 +20,8 @@ MEM = 16 << 20
 def rng() -> tuple[VirtioRng, MmioDriver, list[bool]]:
     mem, bus = GuestMemory(MEM), Bus()
     irq: list[bool] = []
-    dev = VirtioRng(mem, seeded_source(7))
-    VirtioMmio(dev, layout.VIRTIO_MMIO_BASE, 5, irq.append).register(bus)
+    dev = VirtioRng(mem, Wiring(irq.append), seeded_source(7))
+    VirtioMmio(dev, layout.VIRTIO_MMIO_BASE, 5).register(bus)
     return dev, MmioDriver(bus, mem, layout.VIRTIO_MMIO_BASE), irq
 
 

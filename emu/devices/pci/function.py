@@ -5,6 +5,10 @@ The 256 bytes are kept as the guest sees them, with a write mask per byte (read-
 their value) and write-one-to-clear status bits. BAR sizing then needs no special case: a BAR's
 write mask covers only its address bits above the size, so writing all-ones reads back the size
 mask with the type bits. The host bridge (host.py) maps BARs on the bus when decode is enabled.
+
+Who hears about changes subscribes: `decode_listeners` run after a BAR moved or decode was
+switched (the host remaps; a virtio device thread moves its notify registrations). The INTx pin
+(intx.py) is given at construction, already wired to where its interrupt goes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntFlag
+
+from emu.devices.pci.intx import IntxPin
 
 # Header offsets.
 VENDOR_ID = 0x00
@@ -42,7 +48,7 @@ class Command(IntFlag):
     INTX_DISABLE = 1 << 10
 
 
-class Status(IntFlag):
+class PciStatus(IntFlag):
     INTERRUPT = 1 << 3
     CAP_LIST = 1 << 4
 
@@ -69,16 +75,13 @@ class Bar:
         return {BarKind.IO: 0x1, BarKind.MEM32: 0x0, BarKind.MEM64: 0x4}[self.kind]
 
 
-IntxLine = Callable[[bool], None]
-
-
 class PciFunction:
     """A function's configuration space. Subclasses add BARs and capabilities in __init__ and may
     override `special_read`/`special_write` for registers with side effects."""
 
     def __init__(
         self, vendor: int, device: int, class_code: int, *, revision: int = 0, subsystem_vendor: int = 0,
-        subsystem: int = 0, intx_pin: int = 0, name: str = "pci",
+        subsystem: int = 0, intx: IntxPin | None = None, name: str = "pci",
     ) -> None:  # fmt: skip
         self.name = name
         self.cfg = bytearray(CONFIG_SIZE)
@@ -91,12 +94,11 @@ class PciFunction:
         self.cfg[REVISION] = revision
         self.cfg[CLASS_PROG : CLASS_PROG + 3] = class_code.to_bytes(3, "little")
         struct.pack_into("<HH", self.cfg, SUBSYSTEM_VENDOR_ID, subsystem_vendor, subsystem)
-        self.cfg[INTERRUPT_PIN] = intx_pin  # 0: none, 1-4: INTA-INTD
+        self.intx = intx
+        self.cfg[INTERRUPT_PIN] = intx.number if intx is not None else 0
         self._mask16(COMMAND, Command.IO | Command.MEMORY | Command.MASTER | Command.INTX_DISABLE)
         self.wmask[INTERRUPT_LINE] = 0xFF
-        self.intx_level = False  # what the device drives, before the command register's disable bit
-        self.on_intx: IntxLine = lambda level: None  # set by the host: the routed, shared line
-        self.on_decode_change: Callable[[], None] = lambda: None  # set by the host: remap BARs
+        self.decode_listeners: list[Callable[[], None]] = []
         self._power_on: bytes = b""
 
     def _mask16(self, offset: int, mask: int) -> None:
@@ -128,7 +130,7 @@ class PciFunction:
         self.wmask[off + 2 : off + 2 + len(writable)] = writable
         if self._last_cap is None:
             self.cfg[CAPABILITIES] = off
-            struct.pack_into("<H", self.cfg, STATUS, self.status | Status.CAP_LIST)
+            self.cfg[STATUS] |= PciStatus.CAP_LIST
         else:
             self.cfg[self._last_cap + 1] = off
         self._last_cap = off
@@ -142,9 +144,9 @@ class PciFunction:
     def reset(self) -> None:
         if self._power_on:
             self.cfg[:] = self._power_on
-        self.intx_level = False
-        self.on_decode_change()
-        self.on_intx(False)
+        self._decode_changed()
+        if self.intx is not None:
+            self.intx.reset(masked=bool(self.command & Command.INTX_DISABLE))
 
     # -- fields -----------------------------------------------------------------------------------
     @property
@@ -153,7 +155,11 @@ class PciFunction:
 
     @property
     def status(self) -> int:
-        return struct.unpack_from("<H", self.cfg, STATUS)[0]
+        return struct.unpack_from("<H", self.cfg, STATUS)[0] | self._pending()
+
+    def _pending(self) -> int:
+        """Status bit 3: the level the device drives on its pin, whether or not it is masked."""
+        return PciStatus.INTERRUPT if self.intx is not None and self.intx.level else 0
 
     @property
     def intx_pin(self) -> int:
@@ -180,14 +186,6 @@ class PciFunction:
     def decodes(self, bar: Bar) -> bool:
         return bool(self.command & (Command.IO if bar.kind is BarKind.IO else Command.MEMORY))
 
-    # -- interrupts -------------------------------------------------------------------------------
-    def set_intx(self, level: bool) -> None:
-        """The device drives its INTx pin; status bit 3 shows it, command bit 10 masks it."""
-        self.intx_level = level
-        status = self.status & ~Status.INTERRUPT
-        struct.pack_into("<H", self.cfg, STATUS, status | (Status.INTERRUPT if level else 0))
-        self.on_intx(level and not self.command & Command.INTX_DISABLE)
-
     # -- configuration accesses -------------------------------------------------------------------
     def special_read(self, offset: int, size: int) -> int | None:
         """A register whose value is computed on read (None: the stored bytes)."""
@@ -200,7 +198,10 @@ class PciFunction:
         value = self.special_read(offset, size)
         if value is not None:
             return value
-        return int.from_bytes(self.cfg[offset : offset + size], "little")
+        value = int.from_bytes(self.cfg[offset : offset + size], "little")
+        if offset <= STATUS < offset + size:
+            value |= self._pending() << (8 * (STATUS - offset))
+        return value
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         old_command = self.command
@@ -212,6 +213,10 @@ class PciFunction:
         touched_bars = offset < BAR0 + 4 * BAR_COUNT and offset + size > BAR0
         command = self.command
         if touched_bars or (command ^ old_command) & (Command.IO | Command.MEMORY):
-            self.on_decode_change()
-        if (command ^ old_command) & Command.INTX_DISABLE:
-            self.on_intx(self.intx_level and not command & Command.INTX_DISABLE)
+            self._decode_changed()
+        if (command ^ old_command) & Command.INTX_DISABLE and self.intx is not None:
+            self.intx.mask(bool(command & Command.INTX_DISABLE))
+
+    def _decode_changed(self) -> None:
+        for listener in self.decode_listeners:
+            listener()

@@ -6,10 +6,14 @@ hole, I/O BARs in 0xC000-0xFFFF, each aligned to its size), writes the interrupt
 and enables decode, so a guest that does no enumeration of its own (or Linux, which keeps what it
 finds) sees a configured bus. A guest may move BARs and toggle decode; a BAR the guest places over
 another device's range is not mapped (logged at debug level) and emu keeps running.
+
+A device is built for a slot (`free_slot()` says which one and gives the interrupt line its pin
+reaches), then plugged there: its interrupt is wired before it exists, never re-pointed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -19,11 +23,11 @@ from emu import layout
 from emu.bus import Bus
 from emu.devices.pci.function import COMMAND, INTERRUPT_LINE, Bar, BarKind, Command, PciFunction
 from emu.errors import EmuError
+from emu.platform import IrqLine
 
 log = logging.getLogger("emu.pci")
 
 ENABLE = 1 << 31
-SetIrq = Callable[[int, bool], None]
 
 # Intel 440FX host bridge IDs (what QEMU's pc machine shows; Linux's PCI sanity check wants a
 # host bridge or an Intel/Compaq device on bus 0 before it trusts mechanism #1).
@@ -47,12 +51,22 @@ def intx_irq(device: int, pin: int) -> int:
     return irqs[(device + pin - 1) % len(irqs)]
 
 
-class PciHost:
-    """Bus 0 with a host bridge at 00:00.0; `plug()` adds single-function devices in slots."""
+@dataclass(frozen=True)
+class PciSlot:
+    """Slot `number` on bus 0: its INTx pin reaches interrupt line `gsi` through `line` (the
+    host's wired-OR with the other slots on that line)."""
 
-    def __init__(self, bus: Bus, set_irq: SetIrq) -> None:
+    number: int
+    gsi: int
+    line: IrqLine
+
+
+class PciHost:
+    """Bus 0 with a host bridge at 00:00.0; `plug()` puts single-function devices in slots."""
+
+    def __init__(self, bus: Bus, irq_line: Callable[[int], IrqLine]) -> None:
         self.bus = bus
-        self.set_irq = set_irq
+        self._lines = {irq: irq_line(irq) for irq in layout.PCI_INTX_IRQS}
         self.address = 0
         self.functions: dict[int, PciFunction] = {}  # device number -> function 0
         self._mapped: dict[tuple[int, int], tuple[BarKind, int]] = {}  # (device, BAR) -> where
@@ -66,18 +80,23 @@ class PciHost:
         self.bus.register_pio(layout.PORT_PCI_CONFIG_DATA, 4, _DataPort(self), "PCI config data")
 
     # -- devices ----------------------------------------------------------------------------------
-    def plug(self, fn: PciFunction) -> int:
-        """Put `fn` in the next free slot; returns its device number."""
+    def free_slot(self, pin: int) -> PciSlot:
+        """The first free slot, for a device whose INTx pin is `pin` (1-4: INTA-INTD)."""
         for device in range(layout.PCI_FIRST_SLOT, layout.PCI_FIRST_SLOT + layout.PCI_SLOTS):
             if device not in self.functions:
-                self._attach(device, fn)
-                return device
-        raise EmuError(f"no free PCI slot for {fn.name}: emu has {layout.PCI_SLOTS}")
+                gsi = intx_irq(device, pin)
+                return PciSlot(device, gsi, functools.partial(self._intx, device, gsi))
+        raise EmuError(f"no free PCI slot: emu has {layout.PCI_SLOTS}")
+
+    def plug(self, slot: PciSlot, fn: PciFunction) -> None:
+        """Put `fn` (built with `slot.line` behind its INTx pin) in `slot`."""
+        if slot.number in self.functions:
+            raise EmuError(f"PCI slot {slot.number} is taken: {fn.name} cannot go there")
+        self._attach(slot.number, fn)
 
     def _attach(self, device: int, fn: PciFunction) -> None:
         self.functions[device] = fn
-        fn.on_decode_change = lambda: self._remap(device)
-        fn.on_intx = lambda level: self._intx(device, level)
+        fn.decode_listeners.append(functools.partial(self._remap, device))
 
     def routes(self) -> list[IntxRoute]:
         """INTx wiring of the populated slots, for the MP table."""
@@ -124,8 +143,8 @@ class PciHost:
             self._asserted.clear()
         for fn in self.functions.values():
             fn.reset()
-        for irq in layout.PCI_INTX_IRQS:
-            self.set_irq(irq, False)
+        for line in self._lines.values():
+            line(False)
         self.address = 0
         self.program_elcr()
 
@@ -189,12 +208,8 @@ class PciHost:
         return True
 
     # -- INTx -------------------------------------------------------------------------------------
-    def _intx(self, device: int, level: bool) -> None:
+    def _intx(self, device: int, irq: int, level: bool) -> None:
         """Wired-OR of every device on the line: it stays asserted while any of them asserts."""
-        fn = self.functions[device]
-        if not fn.intx_pin:
-            return
-        irq = intx_irq(device, fn.intx_pin)
         with self._lock:
             devices = self._asserted.setdefault(irq, set())
             before = bool(devices)
@@ -204,7 +219,7 @@ class PciHost:
                 devices.discard(device)
             after = bool(devices)
         if after != before:
-            self.set_irq(irq, after)
+            self._lines[irq](after)
 
 
 class _AddressPort:

@@ -17,6 +17,7 @@ from emu.devices.diskimage import SECTOR, DiskImage, ReadOnlyDisk
 from emu.devices.virtio.constants import DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.queue import Chain, Virtqueue
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.virtio.blk")
@@ -59,11 +60,11 @@ class VirtioBlk(VirtioDevice):
     device_id = DeviceId.BLOCK
     name = "blk"
 
-    def __init__(self, memory: GuestMemory, disk: DiskImage, serial: str = "") -> None:
+    def __init__(self, memory: GuestMemory, wiring: Wiring, disk: DiskImage, serial: str = "") -> None:
         self.disk = disk
         self.serial = (serial or f"emu-{Path(disk.path).name}")[:ID_BYTES].encode()
         self.requests = 0  # completed requests, for tests and benchmarks
-        super().__init__(memory, num_queues=1)
+        super().__init__(memory, wiring)
 
     def device_features(self) -> int:
         features = F_SEG_MAX | F_BLK_SIZE | F_FLUSH

@@ -16,6 +16,7 @@ from emu.devices.virtio.constants import ISR_USED_BUFFER, DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.inbox import Defer, Inbox, run_now
 from emu.devices.virtio.queue import Chain, Virtqueue
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.virtio.console")
@@ -23,21 +24,23 @@ log = logging.getLogger("emu.virtio.console")
 RX, TX = 0, 1
 INPUT_LIMIT = 1024  # pending input chunks; more is dropped (a paste far larger than the guest reads)
 
-Sink = Callable[[bytes], None]
+Sink = Callable[[bytes], object]  # a file's write() returns a count: ignored
 
 
 class VirtioConsole(VirtioDevice):
     device_id = DeviceId.CONSOLE
     name = "console"
+    num_queues = 2
 
     def __init__(
-        self, memory: GuestMemory, output: Sink, close_output: Callable[[], None] = lambda: None, defer: Defer = run_now
-    ) -> None:
+        self, memory: GuestMemory, wiring: Wiring, output: Sink, close_output: Callable[[], None] = lambda: None,
+        defer: Defer = run_now,
+    ) -> None:  # fmt: skip
         self.output = output
         self._close_output = close_output
         self.inbox = Inbox(INPUT_LIMIT, defer, self._deliver)
         self.bytes_out = self.bytes_in = 0
-        super().__init__(memory, num_queues=2)
+        super().__init__(memory, wiring)
 
     def config_bytes(self) -> bytes:
         # cols, rows, max_nr_ports, emerg_wr: only meaningful with SIZE/MULTIPORT/EMERG_WRITE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 
-class Status(IntFlag):
+class DeviceStatus(IntFlag):
     """Device status register bits (spec 2.1)."""
 
     ACKNOWLEDGE = 1

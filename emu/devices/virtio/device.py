@@ -7,10 +7,15 @@ guest's mistakes never raise out of here: they put the device into NEEDS_RESET (
 with a config-change interrupt as the spec asks), are logged at debug level, and the device
 ignores its queues until the driver resets it.
 
+Connections (wiring.py) come with construction: the interrupt line, the log label and where a
+queue notify goes (served inline, or handed to a device thread). Who needs to follow the device's
+state (a device thread's registrations) subscribes to `change_listeners`, which run after every
+transport register write and every reset.
+
 Threads (docs/architecture.md, "virtio threads"): every entry point (transport registers, notify,
 host-data delivery, reset) runs under `lock`, a per-device reentrant lock. Under KVM a device
-thread (eventfd.py) serves the queues: `process()` drops the lock while `handle()` does the host
-I/O, so the vCPU can read registers meanwhile, and a reset waits for that request to finish.
+thread (device_thread.py) serves the queues: `process()` drops the lock while `handle()` does the
+host I/O, so the vCPU can read registers meanwhile, and a reset waits for that request to finish.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import ClassVar
 
 from emu.devices.virtio.constants import (
     F_EVENT_IDX,
@@ -25,15 +31,14 @@ from emu.devices.virtio.constants import (
     F_VERSION_1,
     ISR_CONFIG_CHANGE,
     ISR_USED_BUFFER,
-    Status,
+    DeviceStatus,
 )
 from emu.devices.virtio.queue import Chain, Virtqueue, VirtqueueError
+from emu.devices.virtio.wiring import Wiring
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.virtio")
-
-IrqLine = Callable[[bool], None]
 
 _RING_FEATURES = F_INDIRECT_DESC | F_EVENT_IDX
 
@@ -41,23 +46,23 @@ _RING_FEATURES = F_INDIRECT_DESC | F_EVENT_IDX
 class VirtioDevice:
     """Transport-independent state of one virtio device."""
 
-    device_id: int = 0
-    name: str = "virtio"
-    queue_max_size: int = 256
+    device_id: ClassVar[int] = 0
+    name: ClassVar[str] = "virtio"
+    num_queues: ClassVar[int] = 1
+    queue_max_size: ClassVar[int] = 256
 
-    def __init__(self, memory: GuestMemory, num_queues: int) -> None:
+    def __init__(self, memory: GuestMemory, wiring: Wiring) -> None:
         self.memory = memory
-        self.queues = [Virtqueue(memory, i, self.queue_max_size) for i in range(num_queues)]
-        self.legacy = False  # set by the transport: legacy (virtio 0.9.5) semantics
-        self.irq: IrqLine = lambda level: None  # set by the transport
-        self.label = self.name  # for log lines: the transport adds where the device sits
+        self.queues = [Virtqueue(memory, i, self.queue_max_size) for i in range(self.num_queues)]
+        self.legacy = False  # the transport's: legacy (virtio 0.9.5) semantics
+        self._irq = wiring.irq
+        self._dispatch = wiring.queues
+        self.label = wiring.label or self.name  # for log lines
+        self.change_listeners: list[Callable[[], None]] = []
         self.errors = 0  # times the device went into NEEDS_RESET (for tests and debug output)
         self.lock = threading.Condition(threading.RLock())
         self.generation = 0  # bumped by every reset: work started before it is dropped
         self.inflight = 0  # handle() calls running without the lock
-        # Set by a device thread (eventfd.py): queue work goes to it instead of running here.
-        self.kick: Callable[[int], None] | None = None
-        self.on_change: Callable[[], None] = lambda: None  # after state a device thread watches
         self.reset()
 
     # -- what a device supplies -----------------------------------------------------------------
@@ -97,21 +102,26 @@ class VirtioDevice:
             while self.inflight:  # a request in progress on the device thread finishes first
                 self.lock.wait()
             self._reset()
-        self.on_change()
+        self.changed()
+
+    def changed(self) -> None:
+        """State a listener may follow changed (a register write, a reset)."""
+        for listener in self.change_listeners:
+            listener()
 
     def _reset(self) -> None:
-        self.status = Status(0)
+        self.status = DeviceStatus(0)
         self.driver_features = 0
         self.isr = 0
         self.config_generation = 0  # no device changes its configuration at run time (yet)
         for q in self.queues:
             q.reset()
         self.device_reset()
-        self.irq(False)
+        self._irq(False)
 
     def set_driver_features(self, word: int, value: int) -> None:
         """DriverFeatures write of 32-bit word `word` (0: bits 0-31, 1: bits 32-63)."""
-        if word not in (0, 1) or self.status & (Status.FEATURES_OK | Status.DRIVER_OK):
+        if word not in (0, 1) or self.status & (DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK):
             return  # features are fixed once FEATURES_OK is set (or only two words exist)
         shift = 32 * word
         self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
@@ -127,12 +137,12 @@ class VirtioDevice:
         if value == 0:
             self.reset()
             return
-        new = Status(value & 0xFF) & ~Status.NEEDS_RESET
+        new = DeviceStatus(value & 0xFF) & ~DeviceStatus.NEEDS_RESET
         newly = new & ~self.status
-        if newly & Status.FEATURES_OK and not self._features_acceptable():
-            new &= ~Status.FEATURES_OK  # the driver reads it back and gives up, as the spec says
-        self.status = new | (self.status & Status.NEEDS_RESET)
-        if newly & Status.DRIVER_OK and not self.legacy and not new & Status.FEATURES_OK:
+        if newly & DeviceStatus.FEATURES_OK and not self._features_acceptable():
+            new &= ~DeviceStatus.FEATURES_OK  # the driver reads it back and gives up, as the spec says
+        self.status = new | (self.status & DeviceStatus.NEEDS_RESET)
+        if newly & DeviceStatus.DRIVER_OK and not self.legacy and not new & DeviceStatus.FEATURES_OK:
             self.fail("DRIVER_OK without FEATURES_OK accepted")
 
     def _features_acceptable(self) -> bool:
@@ -147,16 +157,16 @@ class VirtioDevice:
 
     @property
     def broken(self) -> bool:
-        return bool(self.status & (Status.NEEDS_RESET | Status.FAILED))
+        return bool(self.status & (DeviceStatus.NEEDS_RESET | DeviceStatus.FAILED))
 
     def fail(self, why: str) -> None:
         """The driver did something invalid: NEEDS_RESET, a config-change interrupt, keep running."""
         self.errors += 1
         log.debug("%s: %s: device needs a reset", self.label, why)
-        if self.status & Status.NEEDS_RESET:
+        if self.status & DeviceStatus.NEEDS_RESET:
             return
-        self.status |= Status.NEEDS_RESET
-        if self.status & Status.DRIVER_OK:
+        self.status |= DeviceStatus.NEEDS_RESET
+        if self.status & DeviceStatus.DRIVER_OK:
             self.raise_isr(ISR_CONFIG_CHANGE)
 
     # -- queues -----------------------------------------------------------------------------------
@@ -199,12 +209,12 @@ class VirtioDevice:
             self.fail(str(e))
 
     def notify(self, index: int) -> None:
-        """The driver notified queue `index` (an exit): process every available chain, or hand
-        the queue to the device thread when there is one."""
+        """The driver notified queue `index` (an exit): process every available chain here, or
+        hand the queue to the device thread when the device has one."""
         with self.lock:
             if self.broken:
                 return
-            if not self.status & Status.DRIVER_OK:
+            if not self.status & DeviceStatus.DRIVER_OK:
                 self.fail(f"queue {index} notified before DRIVER_OK")
                 return
             if not 0 <= index < len(self.queues):
@@ -214,10 +224,7 @@ class VirtioDevice:
             if not q.ready:
                 self.fail(f"queue {index} notified before it was set up")
                 return
-            if self.kick is not None:
-                self.kick(index)  # while a device thread exists, only it touches the rings
-                return
-            self.guarded(lambda: self.process(q))
+            self._dispatch.notified(index, lambda: self.guarded(lambda: self.process(q)))
 
     def serve(self, index: int) -> None:
         """The device thread's notify: a signal that arrives after a reset or a queue stop is
@@ -255,22 +262,22 @@ class VirtioDevice:
 
     def queue_live(self, index: int) -> bool:
         """Can the device put host data (a packet, console input) into queue `index` now?"""
-        return not self.broken and bool(self.status & Status.DRIVER_OK) and self.queues[index].ready
+        return not self.broken and bool(self.status & DeviceStatus.DRIVER_OK) and self.queues[index].ready
 
     # -- interrupts -------------------------------------------------------------------------------
     def raise_isr(self, bits: int) -> None:
         self.isr |= bits
-        self.irq(True)
+        self._irq(True)
 
     def ack_isr(self, bits: int) -> None:
         self.isr &= ~bits
         if not self.isr:
-            self.irq(False)
+            self._irq(False)
 
     def read_isr_and_clear(self) -> int:
         """Legacy PCI semantics (reading the ISR acknowledges it)."""
         value, self.isr = self.isr, 0
-        self.irq(False)
+        self._irq(False)
         return value
 
     # -- config space -----------------------------------------------------------------------------

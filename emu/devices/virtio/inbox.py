@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-Defer = Callable[[Callable[[], None]], None]  # run a function on the vCPU thread soon
+Defer = Callable[[Callable[[], None]], object]  # run a function on the vCPU thread soon (result ignored)
 
 
 def run_now(work: Callable[[], None]) -> None:

@@ -20,6 +20,7 @@ from emu.devices.virtio.constants import F_VERSION_1, ISR_USED_BUFFER, DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.inbox import Defer, Inbox, run_now
 from emu.devices.virtio.queue import Chain, Virtqueue
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 log = logging.getLogger("emu.virtio.net")
@@ -89,13 +90,14 @@ class TapLink:
 class VirtioNet(VirtioDevice):
     device_id = DeviceId.NET
     name = "net"
+    num_queues = 2
 
-    def __init__(self, memory: GuestMemory, link: TapLink, mac: bytes, defer: Defer = run_now) -> None:
+    def __init__(self, memory: GuestMemory, wiring: Wiring, link: TapLink, mac: bytes, defer: Defer = run_now) -> None:
         self.link = link
         self.mac = mac
         self.inbox = Inbox(RX_BACKLOG, defer, self._deliver)
         self.rx_packets = self.tx_packets = self.rx_dropped = self.tx_dropped = 0
-        super().__init__(memory, num_queues=2)
+        super().__init__(memory, wiring)
         link.start(self.inbox)
 
     def device_features(self) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from emu.devices.virtio.constants import DeviceId
 from emu.devices.virtio.device import VirtioDevice
 from emu.devices.virtio.queue import Chain, Virtqueue
+from emu.devices.virtio.wiring import Wiring
 from emu.memory import GuestMemory
 
 MAX_REQUEST = 64 * 1024  # bytes per request: a guest asking for gigabytes gets them in pieces
@@ -26,10 +27,10 @@ class VirtioRng(VirtioDevice):
     device_id = DeviceId.RNG
     name = "rng"
 
-    def __init__(self, memory: GuestMemory, source: EntropySource = os.urandom) -> None:
+    def __init__(self, memory: GuestMemory, wiring: Wiring, source: EntropySource = os.urandom) -> None:
         self.source = source
         self.bytes_served = 0
-        super().__init__(memory, num_queues=1)
+        super().__init__(memory, wiring)
 
     def handle(self, queue: Virtqueue, chain: Chain) -> int:
         size = min(chain.writable_len, MAX_REQUEST)

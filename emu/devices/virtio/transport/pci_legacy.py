@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from emu.devices.virtio.pci import VirtioPci
+from emu.devices.virtio.transport.pci_state import VirtioPciState
 
 log = logging.getLogger("emu.virtio")
 
+LEGACY_BAR = 0
 PAGE_SHIFT = 12  # legacy queue addresses are 4 KiB page numbers
 CONFIG_OFFSET = 0x14
 
@@ -43,7 +42,7 @@ def io_bar_size(config_len: int) -> int:
 class LegacyRegs:
     """The I/O BAR's handler (offsets from the BAR's base)."""
 
-    def __init__(self, transport: VirtioPci) -> None:
+    def __init__(self, transport: VirtioPciState) -> None:
         self.t = transport
 
     def _reg(self, offset: int, size: int, what: str) -> LegacyReg | None:
@@ -59,7 +58,7 @@ class LegacyRegs:
     def io_write(self, offset: int, size: int, value: int) -> None:
         with self.t.device.lock:
             self._write(offset, size, value)
-            self.t.device.on_change()
+            self.t.device.changed()
 
     def _read(self, offset: int, size: int) -> int:
         t, dev = self.t, self.t.device

@@ -1,7 +1,8 @@
 """virtio-mmio transport (virtio 1.x spec 4.2): version 2 (modern) and version 1 (legacy).
 
-One 4 KiB register window per device and one level-triggered interrupt line. Linux finds the
-devices from `virtio_mmio.device=4K@0xADDR:IRQ` words on its command line (`cmdline_word()`).
+One 4 KiB register window per device and one level-triggered interrupt line (the device drives
+it: the transport adds no logic to it). Linux finds the devices from
+`virtio_mmio.device=4K@0xADDR:IRQ` words on its command line (`cmdline_word()`).
 Registers are 32 bits wide; the device-specific configuration starts at 0x100. Accesses the spec
 does not allow (a write to a read-only register, a legacy-only register on a modern device and
 the other way round) are ignored and logged at debug level.
@@ -11,15 +12,12 @@ from __future__ import annotations
 
 import logging
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 from emu import layout
 from emu.bus import Bus
 from emu.devices.virtio.constants import VENDOR_ID
-from emu.devices.virtio.device import IrqLine, VirtioDevice
-
-if TYPE_CHECKING:
-    from emu.devices.virtio.eventfd import DeviceThread
+from emu.devices.virtio.device import VirtioDevice
+from emu.devices.virtio.wiring import NotifyAddr
 
 log = logging.getLogger("emu.virtio")
 
@@ -70,19 +68,21 @@ _MODERN_ONLY = {
 _NAMES = {r.value: r.name for r in Reg}
 
 
+def mmio_label(base: int, name: str) -> str:
+    """How log lines name device `name` in the slot at `base`."""
+    return f"virtio-mmio@{base:#x} {name}"
+
+
 class VirtioMmio:
-    """A virtio device behind a virtio-mmio register window at `base`, interrupting on `irq`."""
+    """A virtio device behind a virtio-mmio register window at `base`; the device was built to
+    interrupt on line `irq` (a GSI: the command-line word and the ACPI tables announce it)."""
 
-    io_thread: DeviceThread | None = None  # KVM: serves the queues (eventfd.py)
-
-    def __init__(self, device: VirtioDevice, base: int, irq: int, set_irq: IrqLine, *, legacy: bool = False) -> None:
+    def __init__(self, device: VirtioDevice, base: int, irq: int, *, legacy: bool = False) -> None:
         self.device = device
         self.base = base
         self.irq = irq
         self.version = 1 if legacy else 2
         device.legacy = legacy
-        device.irq = set_irq
-        device.label = f"virtio-mmio@{base:#x} {device.name}"
         self.reset()
 
     @property
@@ -95,6 +95,11 @@ class VirtioMmio:
     def cmdline_word(self) -> str:
         """How Linux learns about this device (drivers/virtio/virtio_mmio.c `device=` parameter)."""
         return f"virtio_mmio.device=4K@{self.base:#x}:{self.irq}"
+
+    def notify_addrs(self, index: int) -> tuple[NotifyAddr, ...]:
+        """Where the driver notifies queue `index`: one register for every queue, the value
+        names the queue."""
+        return (NotifyAddr(self.base + Reg.QUEUE_NOTIFY, 4, False, index),)
 
     def reset(self) -> None:
         """Machine reset: the transport's selectors and the device."""
@@ -112,7 +117,7 @@ class VirtioMmio:
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         with self.device.lock:
             self._write(offset, size, value)
-            self.device.on_change()
+            self.device.changed()
 
     def _read(self, offset: int, size: int) -> int:
         dev = self.device
