@@ -6,11 +6,14 @@ and mode, guest memory."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from guests.backends import BACKEND_PARAMS, kvm_is_pvm, require
+from guests import kernels
+from guests.backends import BACKEND_PARAMS, require
 
+from emu import layout
 from emu.config import BackendName, MachineConfig
 from emu.cpu.state import Mode
 from emu.debugger import views
@@ -41,6 +44,10 @@ def session(request: pytest.FixtureRequest, image: Path):  # type: ignore[no-unt
 
 def pc(s: DebugSession) -> int:
     return s.state().flat_pc
+
+
+def on_kvm(s: DebugSession) -> bool:
+    return s.machine.cfg.backend is BackendName.KVM
 
 
 def test_starts_paused_at_the_first_instruction(session: DebugSession) -> None:
@@ -154,9 +161,31 @@ def test_stop_from_another_thread(tmp_path: Path, backend: BackendName) -> None:
         assert s.stepi().kind is StopKind.STEP  # still usable afterwards
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_acpi_pm_timer_stands_still_while_paused(tmp_path: Path, backend: BackendName) -> None:
+    """Guest time stops while the debugger holds the guest, for every device: the ACPI PM timer
+    (3.579545 MHz) reads the same before and after a host pause, and advances while the guest runs."""
+    require(backend)
+    kernel = tmp_path / "pvh"
+    kernel.write_bytes(kernels.build("pvh"))
+    port = layout.PORT_ACPI_PM_BASE + layout.ACPI_PM_TMR_OFF
+    with DebugSession.open(MachineConfig(backend=backend, mem=64 << 20, kernel=kernel, acpi=True)) as s:
+        bus = s.machine.bus
+        before = bus.pio_read(port, 4)
+        time.sleep(0.2)  # 0.2 s of host time is ~716,000 PM timer ticks
+        assert bus.pio_read(port, 4) == before
+        started = time.monotonic()
+        s.stepi(100)
+        ran = time.monotonic() - started
+        advanced = (bus.pio_read(port, 4) - before) & 0xFF_FFFF
+        assert 0 < advanced <= ran * 3_579_545 + 1
+        time.sleep(0.2)
+        assert (bus.pio_read(port, 4) - before) & 0xFF_FFFF == advanced
+
+
 # -- Unicorn only: watchpoints, catches of interrupts and exceptions, history --------------------
 def test_watchpoints(session: DebugSession) -> None:
-    if session.kvm and kvm_is_pvm():
+    if on_kvm(session) and not session.backend.capabilities.data_breakpoints:
         with pytest.raises(Unsupported, match="PVM"):
             session.add_watchpoint("0x600")
         pytest.skip("this host's KVM (PVM) ignores data breakpoints: emu refuses watchpoints (checked above)")
@@ -164,7 +193,7 @@ def test_watchpoints(session: DebugSession) -> None:
     stop = session.cont()
     assert (stop.kind, stop.number, pc(session)) == (StopKind.WATCHPOINT, w.number, 0x8045)  # after the store
     assert session.read_physical(0x600, 1) == b"\x11"
-    if not session.kvm:
+    if not on_kvm(session):
         assert (stop.detail["old"], stop.detail["new"]) == (0, 0x11)
         session.delete(w.number)
         r = session.add_watchpoint("0x600", 1, WatchKind.READ)
@@ -174,7 +203,7 @@ def test_watchpoints(session: DebugSession) -> None:
 
 
 def test_catch_interrupts_and_exceptions(session: DebugSession) -> None:
-    if session.kvm:
+    if on_kvm(session):
         for kind in (CatchKind.INTERRUPT, CatchKind.EXCEPTION):
             with pytest.raises(Unsupported, match="inside the kernel"):
                 session.add_catch(kind, 6)
@@ -191,7 +220,7 @@ def test_catch_interrupts_and_exceptions(session: DebugSession) -> None:
 
 def test_physical_breakpoint_with_paging(session: DebugSession) -> None:
     session.until("0x8200")  # long mode, paging on
-    if session.kvm:
+    if on_kvm(session):
         with pytest.raises(Unsupported, match="linear addresses"):
             session.add_breakpoint("phys 0x8240")
         return
@@ -206,7 +235,7 @@ def test_step_back_restores_registers_and_memory(session: DebugSession) -> None:
     before = session.state().copy()
     session.stepi(6)  # two rounds of inc/cmp/jne: the counter goes to 5
     assert int.from_bytes(session.read_physical(0x700, 4), "little") == 5
-    if session.kvm:
+    if on_kvm(session):
         with pytest.raises(Unsupported, match="Unicorn only"):
             session.step_back()
         return

@@ -15,12 +15,13 @@ import pytest
 from guests.backends import require
 from textual.pilot import Pilot
 
-from emu.cli import build_parser, config_from_args
+from emu.cli import build_parser
 from emu.config import BackendName, MachineConfig
 from emu.debugger.session import DebugSession
 from emu.debugger.stops import StopKind
 from emu.debugger.tui.app import DebuggerApp
 from emu.debugger.tui.widgets import CommandLine, HelpScreen
+from emu.options import config_from_args
 from emu.tools.asm import assemble_file
 
 GUEST = Path(__file__).parent / "guests" / "debug" / "modes.asm"

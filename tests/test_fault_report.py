@@ -18,7 +18,7 @@ from guests.cli import emu_run
 from emu.config import BackendName, MachineConfig
 from emu.errors import ExitStatus
 from emu.machine import Machine
-from emu.report.session import fault_report
+from emu.report.fault import fault_report
 from emu.tools.asm import assemble
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,26 +9,16 @@ triple fault), and every step of the chain is recorded for fault reports.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
 from emu.cpu import x86
-from emu.cpu.paging import PageFault, PagingRegs, translate
+from emu.cpu.linear import Fault, LinearMemory
 from emu.cpu.state import CpuState, Mode, Segment
-from emu.errors import GuestMemoryError
+from emu.cpu.x86 import vector_name
 from emu.memory import GuestMemory
 
-VECTOR_NAMES = {
-    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
-    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
-    19: "#XM", 20: "#VE", 21: "#CP",
-}  # fmt: skip
 CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
-
-
-def vector_name(v: int) -> str:
-    return VECTOR_NAMES.get(v, f"vector {v:#x}")
 
 
 class EventKind(Enum):
@@ -62,17 +52,6 @@ class Event:
         return s
 
 
-class Fault(Exception):
-    """An exception raised while delivering another one."""
-
-    def __init__(self, vector: int, error_code: int | None, reason: str, cr2: int | None = None) -> None:
-        super().__init__(f"{vector_name(vector)}: {reason}")
-        self.vector = vector
-        self.error_code = error_code
-        self.reason = reason
-        self.cr2 = cr2
-
-
 class Unsupported(Exception):
     """A delivery path emu does not implement (task gates, virtual-8086 mode)."""
 
@@ -100,57 +79,6 @@ class TripleFault(Exception):
             )
             + " -> triple fault"
         )
-
-
-class LinearMemory:
-    """Linear-address access for delivery: paging applied, faults raised as Fault(#PF)."""
-
-    def __init__(self, mem: GuestMemory, state: CpuState) -> None:
-        self.mem = mem
-        self.regs = PagingRegs(state.cr0, state.cr3, state.cr4, state.efer)
-
-    def _phys(self, linear: int, write: bool, user: bool) -> int:
-        try:
-            return translate(self.mem, self.regs, linear, write=write, user=user)
-        except PageFault as pf:
-            raise Fault(14, pf.error_code, pf.reason, cr2=linear) from None
-        except GuestMemoryError:
-            raise Fault(13, 0, f"page tables for {linear:#x} lie outside guest RAM") from None
-
-    def read(self, linear: int, size: int, *, user: bool = False) -> bytes:
-        out = bytearray()
-        while size:
-            chunk = min(size, 0x1000 - (linear & 0xFFF))
-            phys = self._phys(linear, False, user)
-            try:
-                out += self.mem.read(phys, chunk)
-            except GuestMemoryError:
-                out += b"\xff" * chunk  # reads outside RAM see all-ones, as on a PC bus
-            linear += chunk
-            size -= chunk
-        return bytes(out)
-
-    def write(self, linear: int, data: bytes, *, user: bool = False) -> None:
-        # Translate every page first so a fault leaves memory untouched.
-        pieces, pos = [], 0
-        while pos < len(data):
-            chunk = min(len(data) - pos, 0x1000 - ((linear + pos) & 0xFFF))
-            pieces.append((self._phys(linear + pos, True, user), data[pos : pos + chunk]))
-            pos += chunk
-        for phys, piece in pieces:
-            try:
-                self.mem.write(phys, piece)
-            except GuestMemoryError:
-                raise Fault(13, 0, f"stack at {phys:#x} lies outside guest RAM") from None
-
-    def u16(self, linear: int) -> int:
-        return struct.unpack("<H", self.read(linear, 2))[0]
-
-    def u32(self, linear: int) -> int:
-        return struct.unpack("<I", self.read(linear, 4))[0]
-
-    def u64(self, linear: int) -> int:
-        return struct.unpack("<Q", self.read(linear, 8))[0]
 
 
 # -- descriptor helpers -----------------------------------------------------------------------

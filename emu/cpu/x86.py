@@ -128,6 +128,18 @@ class Vector(IntEnum):
     XM = 19
 
 
+VECTOR_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
+    19: "#XM", 20: "#VE", 21: "#CP",
+}  # fmt: skip
+
+
+def vector_name(v: int) -> str:
+    """The mnemonic of an exception vector ("#PF", "NMI"), else "vector 0x40"."""
+    return VECTOR_NAMES.get(v, f"vector {v:#x}")
+
+
 # Exceptions that push an error code (in protected and long mode).
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 

@@ -1,11 +1,36 @@
-"""What the session asks a backend engine to do in one run, and what an engine reports back."""
+"""The Engine: how the session runs the guest under one backend's debugging interface (Unicorn's
+instruction hooks, KVM's guest debug), what it asks an engine to do in one run and what an
+engine reports back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
+from emu.backends.base import Exit
 from emu.cpu.state import Mode
 from emu.debugger.stops import Breakpoint, Catchpoint, StopKind, Watchpoint
+
+if TYPE_CHECKING:
+    from emu.debugger.history import HistoryEntry
+
+#: Every debugger feature by name; an engine's `limits()` names those it lacks (the TUI greys
+#: them out with the reason).
+FEATURES = (
+    "stepi", "nexti", "continue", "until", "breakpoint", "conditional breakpoint", "physical breakpoint with paging",
+    "watchpoint",
+    "watchpoint ranges", "read-only watchpoint", "more than 4 breakpoints/watchpoints", "catch mode",
+    "catch cr", "catch exception", "catch interrupt", "reverse-stepi",
+)  # fmt: skip
+
+#: The session's check of a breakpoint's condition (True: stop there); it counts the hit.
+Evaluate = Callable[[Breakpoint], bool]
+
+
+def no_stops(_bp: Breakpoint) -> bool:
+    """The Evaluate of an engine no command has armed yet."""
+    return False
 
 
 @dataclass
@@ -39,6 +64,39 @@ class Hit:
     detail: dict[str, object] = field(default_factory=dict)
 
 
+class Engine(Protocol):
+    """Runs the guest for the session under one backend's debugging interface. One command (stepi,
+    continue, ...) is `start`, then `run_once`/`examine` in the machine's loop until a stop."""
+
+    #: Instructions the current command has executed (an interrupt or exception taken counts).
+    executed: int
+
+    def limits(self) -> dict[str, str]:
+        """The FEATURES this engine lacks, each with the reason."""
+
+    def check_points(self, paging: bool) -> None:
+        """Raise Unsupported when the enabled points cannot all be armed (`paging`: as now)."""
+
+    def start(self, plan: RunPlan, evaluate: Evaluate) -> None:
+        """Arm for one command; Unsupported when the points and plan cannot be armed."""
+
+    def run_once(self) -> Exit:
+        """Run the guest until the backend returns."""
+
+    def examine(self, exit_: Exit) -> Hit | None:
+        """The stop this exit means for the command, or None (the machine handles the exit)."""
+
+    def step_back(self) -> HistoryEntry | None:
+        """Undo the last recorded instruction (None: nothing recorded). Unsupported without
+        a history."""
+
+    def record_history(self, always: bool) -> None:
+        """Also record the history during `continue` (slower). Unsupported without a history."""
+
+    def disarm(self) -> None:
+        """Remove everything the engine armed (the session is closing)."""
+
+
 def mode_change_hit(number: int, old: tuple[Mode, bool], new: tuple[Mode, bool]) -> Hit | None:
     """Catchpoint `number`'s stop when the (mode, paging) pair changed, else None."""
     (old_mode, old_paging), (new_mode, new_paging) = old, new
@@ -49,13 +107,13 @@ def mode_change_hit(number: int, old: tuple[Mode, bool], new: tuple[Mode, bool])
         parts.append("paging " + ("on" if new_paging else "off"))
     if not parts:
         return None
-    detail = {"old_mode": old_mode.value, "new_mode": new_mode.value, "paging": new_paging}
+    detail: dict[str, object] = {"old_mode": old_mode.value, "new_mode": new_mode.value, "paging": new_paging}
     return Hit(StopKind.MODE_CHANGE, ", ".join(parts), number, detail)
 
 
 def cr_write_hit(number: int, register: str, old: int, new: int) -> Hit:
     """Catchpoint `number`'s stop for a write of `register` (cr0, cr3, cr4, efer)."""
-    detail = {"register": register, "old": old, "new": new}
+    detail: dict[str, object] = {"register": register, "old": old, "new": new}
     return Hit(StopKind.CR_WRITE, f"{register.upper()} written: {old:#x} -> {new:#x}", number, detail)
 
 

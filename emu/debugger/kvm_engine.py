@@ -11,16 +11,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emu.backends.base import Exit, ExitKind
+from emu.backends.base import Backend, Exit, ExitKind, GuestDebug
 from emu.backends.kvm import api
-from emu.backends.kvm.backend import KvmBackend
 from emu.cpu.state import CpuState
-from emu.debugger.engine import Hit, Points, RunPlan, cr_write_hit, mode_change_hit
+from emu.debugger.engine import Evaluate, Hit, Points, RunPlan, cr_write_hit, mode_change_hit, no_stops
 from emu.debugger.stops import AddrSpace, CatchKind, StopKind, Unsupported, WatchKind
-from emu.memory import GuestMemory
 
+if TYPE_CHECKING:
+    from emu.debugger.history import HistoryEntry
+
+#: What the debugger cannot do under KVM (engine.FEATURES names), with the reason.
+KVM_LIMITS = {
+    "catch exception": "KVM delivers exceptions inside the kernel: emu never sees them",
+    "catch interrupt": "KVM delivers interrupts inside the kernel (in-kernel irqchip)",
+    "reverse-stepi": "the execution history needs every instruction observed (Unicorn only)",
+    "physical breakpoint with paging": "debug registers take linear addresses",
+    "more than 4 breakpoints/watchpoints": "the CPU has four debug registers",
+    "watchpoint ranges": "1, 2, 4 or 8 aligned bytes per debug register",
+    "read-only watchpoint": "x86 data breakpoints trap on writes too",
+}
 MAX_HW = 4
 _LEN = {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}
 _DR6_BS = 1 << 14
@@ -32,21 +43,31 @@ def _sig(state: CpuState) -> dict[str, Any]:
 
 
 class KvmEngine:
-    careful_always = False
+    """The Engine over KVM_SET_GUEST_DEBUG (`debug`); `backend` runs the vCPU and reads its state."""
 
-    def __init__(self, backend: KvmBackend, memory: GuestMemory, points: Points) -> None:
+    def __init__(self, backend: Backend, debug: GuestDebug, points: Points) -> None:
         self.backend = backend
-        self.memory = memory
+        self.debug = debug
         self.points = points
         self.executed = 0
         self._plan = RunPlan()
-        self._eval: Any = None
+        self._eval: Evaluate = no_stops
+        caps = backend.capabilities
+        self._limits = dict(KVM_LIMITS)
+        if not caps.data_breakpoints:
+            self._limits["watchpoint"] = caps.data_breakpoints_note or "data breakpoints do not fire on this host"
         self._slots: list[tuple[str, int, Any]] = []  # ("bp"|"watch"|"until", address, object)
         self._stepping = False
         self._step_over = False
         self._sig: dict[str, Any] = {}
         self._hit: Hit | None = None
         self._debug_on = False
+
+    def limits(self) -> dict[str, str]:
+        return dict(self._limits)
+
+    def check_points(self, paging: bool) -> None:
+        self.hw_slots(paging)
 
     def hw_slots(self, paging: bool, plan: RunPlan | None = None) -> list[tuple[str, int, Any]]:
         """The debug-register slots the points need; Unsupported when they cannot be had."""
@@ -96,10 +117,10 @@ class KvmEngine:
         control = api.KVM_GUESTDBG_SINGLESTEP if step else 0
         if bps and self._slots:
             control |= api.KVM_GUESTDBG_USE_HW_BP
-        self.backend.set_guest_debug(control, self._debugregs() if control else None)
+        self.debug.set_guest_debug(control, self._debugregs() if control else None)
         self._debug_on = bool(control)
 
-    def start(self, plan: RunPlan, evaluate: Any) -> None:
+    def start(self, plan: RunPlan, evaluate: Evaluate) -> None:
         self._plan = plan
         self._eval = evaluate
         self.executed = 0
@@ -119,7 +140,7 @@ class KvmEngine:
             self._arm(step=self._stepping, bps=True)
         return self.backend.run()
 
-    def after_exit(self, exit_: Exit) -> Hit | None:
+    def examine(self, exit_: Exit) -> Hit | None:
         if exit_.kind is not ExitKind.DEBUG:
             if exit_.kind is ExitKind.HALT and self._stepping:
                 self.executed += 1
@@ -181,7 +202,13 @@ class KvmEngine:
                 return Hit(StopKind.BREAKPOINT, "", obj.number)
         return None
 
+    def step_back(self) -> HistoryEntry | None:
+        raise Unsupported(f"reverse-stepi: {KVM_LIMITS['reverse-stepi']}")
+
+    def record_history(self, always: bool) -> None:
+        raise Unsupported(f"reverse-stepi: {KVM_LIMITS['reverse-stepi']}")
+
     def disarm(self) -> None:
         if self._debug_on:
-            self.backend.set_guest_debug(0)
+            self.debug.set_guest_debug(0)
             self._debug_on = False

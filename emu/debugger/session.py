@@ -7,25 +7,28 @@ state, instructions executed). Call them from one thread only (the session's vCP
 TUI runs them in a worker); `stop()` may be called from any thread and makes a running command
 return a USER stop. Everything else (points, views, memory reads) is for a paused session.
 
-What a backend cannot do raises `Unsupported` with the reason (see `capabilities()`).
+The session runs the guest through an Engine (engine.py) chosen for the debugging interface the
+backend declares; what that engine cannot do raises `Unsupported` with the reason (see
+`capabilities()`). Execution commands run the machine's own loop (Machine.loop) with the
+engine's run and stop checks in it.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from emu.backends.base import Exit, ExitKind
-from emu.config import BackendName, MachineConfig
-from emu.cpu import paging
-from emu.cpu.interrupts import Fault, LinearMemory
+from emu.backends.base import Backend, Exit, ExitKind
+from emu.config import MachineConfig
+from emu.cpu import paging, x86
+from emu.cpu.disasm import code_bits
+from emu.cpu.linear import Fault, LinearMemory
 from emu.cpu.state import CpuState, Mode
+from emu.cpu.tables import TableReader
 from emu.debugger import expr, registers
-from emu.debugger.engine import Hit, Points, RunPlan, call_length
-from emu.debugger.history import History, HistoryView
+from emu.debugger.engine import FEATURES, Engine, Hit, Points, RunPlan, call_length
+from emu.debugger.history import DEFAULT_SIZE, History, HistoryView
 from emu.debugger.stops import (
     AddrSpace,
     Breakpoint,
@@ -40,55 +43,33 @@ from emu.debugger.stops import (
 from emu.debugger.symbols import Symbols
 from emu.errors import EmuError, ExitStatus, GuestMemoryError
 from emu.machine import Machine, RunResult
-from emu.timers import HostClock
-
-if TYPE_CHECKING:
-    from emu.debugger.kvm_engine import KvmEngine
-    from emu.debugger.unicorn_engine import UnicornEngine
+from emu.memory import GuestMemory
+from emu.timers import PausableClock
 
 _P = TypeVar("_P", Breakpoint, Watchpoint)
 
-#: What each backend cannot do (None: supported). The TUI greys these out with the reason.
-KVM_LIMITS = {
-    "catch exception": "KVM delivers exceptions inside the kernel: emu never sees them",
-    "catch interrupt": "KVM delivers interrupts inside the kernel (in-kernel irqchip)",
-    "reverse-stepi": "the execution history needs every instruction observed (Unicorn only)",
-    "physical breakpoint with paging": "debug registers take linear addresses",
-    "more than 4 breakpoints/watchpoints": "the CPU has four debug registers",
-    "watchpoint ranges": "1, 2, 4 or 8 aligned bytes per debug register",
-    "read-only watchpoint": "x86 data breakpoints trap on writes too",
-}
-PVM_NO_DATA_BREAKPOINTS = "this host's KVM (PVM) never reports data breakpoints (measured)"
-CAPABILITIES = (
-    "stepi", "nexti", "continue", "until", "breakpoint", "conditional breakpoint", "physical breakpoint with paging",
-    "watchpoint",
-    "watchpoint ranges", "read-only watchpoint", "more than 4 breakpoints/watchpoints", "catch mode",
-    "catch cr", "catch exception", "catch interrupt", "reverse-stepi",
-)  # fmt: skip
+# How a finished machine's exit status shows as a stop (a guest's own status is any int).
+_FINISHED_KINDS: dict[int, StopKind] = {
+    ExitStatus.TRIPLE_FAULT: StopKind.TRIPLE_FAULT, ExitStatus.SOFTWARE: StopKind.ERROR,
+}  # fmt: skip
 
 
-class _PausedHostClock(HostClock):
-    """Host time that stands still while the session is paused (as QEMU stops its virtual clock
-    when the VM stops): otherwise every pause longer than a PIT period leaves a timer interrupt
-    pending, and each `continue` from a breakpoint with IF=1 would run the handler and stop at
-    the same breakpoint again."""
+class _Driver:
+    """The session's part in Machine.loop (RunDriver): the engine runs the guest and finds the
+    stops; `stop` is the user's request (DebugSession.stop)."""
 
-    def __init__(self) -> None:
-        self._offset = 0  # host time spent paused
-        self._paused_at: int | None = time.monotonic_ns()
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stop = threading.Event()
 
-    def now_ns(self) -> int:
-        at = self._paused_at
-        return (time.monotonic_ns() if at is None else at) - self._offset
+    def run_once(self) -> Exit:
+        return self.engine.run_once()
 
-    def pause(self) -> None:
-        if self._paused_at is None:
-            self._paused_at = time.monotonic_ns()
+    def examine(self, exit_: Exit) -> Hit | None:
+        return self.engine.examine(exit_)
 
-    def resume(self) -> None:
-        if self._paused_at is not None:
-            self._offset += time.monotonic_ns() - self._paused_at
-            self._paused_at = None
+    def stopped(self, in_hlt: bool) -> Hit:
+        return Hit(StopKind.USER, "stopped by request while the CPU waited in hlt" if in_hlt else "stopped by request")
 
 
 class _Ctx:
@@ -115,47 +96,51 @@ class Location:
     spec: str
 
 
+def make_engine(backend: Backend, memory: GuestMemory, points: Points, history: History) -> Engine:
+    """The engine for the debugging interface `backend` declares."""
+    hooks = backend.instruction_hooks()
+    if hooks is not None:
+        from emu.debugger.unicorn_engine import UnicornEngine
+
+        return UnicornEngine(backend, hooks, memory, points, history)
+    debug = backend.guest_debug()
+    if debug is not None:
+        from emu.debugger.kvm_engine import KvmEngine
+
+        return KvmEngine(backend, debug, points)
+    raise EmuError(f"the {backend.name} backend offers no debugging interface")
+
+
 class DebugSession:
-    def __init__(self, machine: Machine, *, history_size: int = 4096, symbols: Symbols | None = None) -> None:
+    def __init__(self, machine: Machine, *, history_size: int = DEFAULT_SIZE, symbols: Symbols | None = None) -> None:
+        """A session on `machine`, before anything ran. Guest time stands still while the session
+        holds the guest when the machine was built with a PausableClock (`open` does that);
+        virtual time (--deterministic) moves only with the guest anyway."""
         self.machine = machine
         self.backend = machine.backend
         self.memory = machine.memory
-        self.kvm = machine.cfg.backend is BackendName.KVM
         self.points = Points()
         self.history = History(history_size)
         self.symbols = symbols or Symbols.empty()
         self._numbers = 1
-        self._user_stop = threading.Event()
         self._state: CpuState | None = None
         self.finished: Stop | None = None
         self._condition_error: str | None = None
-        self.engine: UnicornEngine | KvmEngine
-        if self.kvm:
-            from emu.backends.kvm.backend import KvmBackend
-            from emu.debugger.kvm_engine import KvmEngine
-
-            assert isinstance(self.backend, KvmBackend)
-            self.engine = KvmEngine(self.backend, self.memory, self.points)
-        else:
-            from emu.backends.unicorn.backend import UnicornBackend
-            from emu.debugger.unicorn_engine import UnicornEngine
-
-            assert isinstance(self.backend, UnicornBackend)
-            self.engine = UnicornEngine(self.backend, self.memory, self.points, self.history)
-        self._clock: _PausedHostClock | None = None
-        if type(machine.clock) is HostClock:  # host time and nothing has run yet: make it pausable
-            self._clock = _PausedHostClock()
-            machine.clock = machine.timers.clock = self._clock
+        self.engine: Engine = make_engine(self.backend, self.memory, self.points, self.history)
+        self._driver = _Driver(self.engine)
+        clock = machine.clock
+        self._clock = clock if isinstance(clock, PausableClock) else None
         machine.start_timers()
         self.last_stop = Stop(StopKind.STEP, "paused at the first instruction", self.state(), 0)
 
     @classmethod
-    def open(cls, cfg: MachineConfig, **kwargs: object) -> DebugSession:
-        """Build the machine for `cfg` (serial output captured, not printed) and a session on it."""
-        machine = Machine(cfg)
+    def open(cls, cfg: MachineConfig, *, history_size: int = DEFAULT_SIZE) -> DebugSession:
+        """Build the machine for `cfg` (serial output captured, not printed) on a clock the
+        session pauses while it holds the guest, and a session on it."""
+        machine = Machine(cfg, clock=PausableClock())
         try:
             symbols = Symbols.from_elf(cfg.kernel) if cfg.kernel is not None else None
-            return cls(machine, symbols=symbols, **kwargs)  # type: ignore[arg-type]
+            return cls(machine, history_size=history_size, symbols=symbols)
         except BaseException:
             machine.close()
             raise
@@ -257,13 +242,9 @@ class DebugSession:
         s = self.state()
         if s.mode in (Mode.REAL, Mode.VM86):
             return (selector & 0xFFFF) << 4
-        from emu.report.descriptors import TableReader
-
         d = TableReader(s, self.memory).segment_entry(selector, "breakpoint")
         if d.raw is None:
             raise EmuError(f"selector {selector:#x}: {d.text}")
-        from emu.cpu import x86
-
         return x86.decode_descriptor(int(d.raw, 16))["base"]
 
     # -- points ------------------------------------------------------------------------------------
@@ -280,8 +261,7 @@ class DebugSession:
 
     def add_watchpoint(self, where: str, size: int = 1, kind: WatchKind = WatchKind.WRITE) -> Watchpoint:
         """A watchpoint on a physical range (a `phys`/`p:` prefix is accepted and changes nothing)."""
-        if self.kvm and _kvm_is_pvm():
-            raise Unsupported(f"watchpoints: {PVM_NO_DATA_BREAKPOINTS}")
+        self._require("watchpoint", "watchpoints")
         loc = self.parse_location(where)
         if size < 1 or size > 1 << 20:
             raise EmuError(f"watch size {size} is out of range (1 to 1 MiB)")
@@ -299,8 +279,7 @@ class DebugSession:
         return point
 
     def add_catch(self, kind: CatchKind, vector: int | None = None, regs: frozenset[str] | None = None) -> Catchpoint:
-        if self.kvm and kind in (CatchKind.EXCEPTION, CatchKind.INTERRUPT):
-            raise Unsupported(f"catch {kind.value}: {KVM_LIMITS['catch ' + kind.value]}")
+        self._require(f"catch {kind.value}")
         if kind is CatchKind.EXCEPTION and (vector is None or not 0 <= vector <= 255):
             raise EmuError("catch exception needs a vector 0-255")
         cp = Catchpoint(self._take_number(), kind, vector)
@@ -335,23 +314,23 @@ class DebugSession:
         raise EmuError(f"no breakpoint, watchpoint or catchpoint number {number}")
 
     def _check_points(self) -> None:
-        if self.kvm:
-            from emu.debugger.kvm_engine import KvmEngine
-
-            assert isinstance(self.engine, KvmEngine)
-            self.engine.hw_slots(self.state().paging)
+        self.engine.check_points(self.state().paging)
 
     def capabilities(self) -> dict[str, str | None]:
         """Every debugger feature -> None when this backend supports it, else why not."""
-        limits = dict(KVM_LIMITS) if self.kvm else {}
-        if self.kvm and _kvm_is_pvm():
-            limits["watchpoint"] = PVM_NO_DATA_BREAKPOINTS
-        return {name: limits.get(name) for name in CAPABILITIES}
+        limits = self.engine.limits()
+        return {name: limits.get(name) for name in FEATURES}
+
+    def _require(self, feature: str, label: str | None = None) -> None:
+        """Unsupported ("label: reason") when the engine lacks `feature`."""
+        why = self.engine.limits().get(feature)
+        if why is not None:
+            raise Unsupported(f"{label or feature}: {why}")
 
     # -- execution ---------------------------------------------------------------------------------
     def stop(self) -> None:
         """Make a running command return a USER stop soon. Thread-safe, never blocks."""
-        self._user_stop.set()
+        self._driver.stop.set()
         self.machine.wake()
         self.backend.request_stop()
 
@@ -372,8 +351,6 @@ class DebugSession:
                 code = self.read_linear(s.flat_pc, 16)
             except EmuError:
                 code = b""
-            from emu.cpu.disasm import code_bits
-
             length = call_length(code, code_bits(s)) if code else None
             if length is None:
                 stop = self._run(RunPlan(limit=1, use_breakpoints=False))
@@ -401,13 +378,9 @@ class DebugSession:
 
     def step_back(self, count: int = 1) -> Stop:
         """Undo the last `count` instructions from the history ring (Unicorn)."""
-        if self.kvm:
-            raise Unsupported(f"reverse-stepi: {KVM_LIMITS['reverse-stepi']}")
+        self._require("reverse-stepi")
         if self.finished is not None:
             raise EmuError(f"the machine has ended ({self.finished.message})")
-        from emu.debugger.unicorn_engine import UnicornEngine
-
-        assert isinstance(self.engine, UnicornEngine)
         done = 0
         for _ in range(count):
             if self.engine.step_back() is None:
@@ -425,9 +398,8 @@ class DebugSession:
     def record_history_always(self, always: bool = True) -> None:
         """Unicorn: also record the history during `continue` (every run goes through the
         per-instruction hook, ~1 µs an instruction, instead of full speed)."""
-        if self.kvm:
-            raise Unsupported(f"reverse-stepi: {KVM_LIMITS['reverse-stepi']}")
-        self.engine.careful_always = always
+        self._require("reverse-stepi")
+        self.engine.record_history(always)
 
     def history_views(self, count: int = 32) -> list[HistoryView]:
         now = self.state()
@@ -448,7 +420,7 @@ class DebugSession:
     def _run(self, plan: RunPlan) -> Stop:
         if self.finished is not None:
             raise EmuError(f"the machine has ended ({self.finished.message}); nothing can run")
-        self._user_stop.clear()
+        self._driver.stop.clear()
         self._condition_error = None
         self._state = None
         try:
@@ -458,41 +430,19 @@ class DebugSession:
         if self._clock is not None:
             self._clock.resume()
         try:
-            hit, result = self._loop()
+            out = self.machine.loop(self._driver)
         finally:
             if self._clock is not None:
                 self._clock.pause()
         self._state = None
-        if result is not None:
-            return self._finish(result)
-        assert hit is not None
-        self.last_stop = self._make_stop(hit)
+        if isinstance(out, RunResult):
+            return self._finish(out)
+        self.last_stop = self._make_stop(out)
         return self.last_stop
-
-    def _loop(self) -> tuple[Hit | None, RunResult | None]:
-        """Machine.run's loop with the engine's run and checks in it; a hlt waits until stop()."""
-        m, eng = self.machine, self.engine
-        while not self._user_stop.is_set():
-            out = m.run_backend(eng.run_once)
-            if not isinstance(out, Exit):
-                if out is not None:
-                    return None, out
-                continue  # a request was handled (a reboot): run on from the reset vector
-            hit = eng.after_exit(out)
-            if hit is not None:
-                return hit, None
-            result = m.handle_exit(out, self._user_stop)
-            if result is not None:
-                return None, result
-            if out.kind is ExitKind.HALT and self._user_stop.is_set():
-                return Hit(StopKind.USER, "stopped by request while the CPU waited in hlt"), None
-        return Hit(StopKind.USER, "stopped by request"), None
 
     def _finish(self, result: RunResult) -> Stop:
         # ExitStatus is an IntEnum: the plain int status finds its member.
-        kind = {ExitStatus.TRIPLE_FAULT: StopKind.TRIPLE_FAULT, ExitStatus.SOFTWARE: StopKind.ERROR}.get(
-            result.status, StopKind.EXITED
-        )
+        kind = _FINISHED_KINDS.get(result.status, StopKind.EXITED)
         if result.reason.startswith("guest halted"):
             kind = StopKind.HALTED
         state = result.state or self.state()
@@ -539,9 +489,3 @@ def _watch_message(hit: Hit) -> str:
     if "linear" in d and d["linear"] != d["physical"]:
         where += f" (linear {d['linear']:#x})"
     return f"watchpoint {hit.number}: {what} ({d.get('size')} bytes) at {where}"
-
-
-def _kvm_is_pvm() -> bool:
-    """The KVM here is PVM (kvm_pvm, software-assisted): its instruction emulator runs guest ring 0
-    and ignores DR7 data breakpoints."""
-    return Path("/sys/module/kvm_pvm").exists()

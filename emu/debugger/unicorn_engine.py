@@ -21,13 +21,12 @@ from typing import Any
 import unicorn
 from unicorn import x86_const as X
 
-from emu.backends.base import Exit, ExitKind
+from emu.backends.base import Backend, Exit, ExitKind, InstructionHooks
 from emu.backends.unicorn import rawstate as R
-from emu.backends.unicorn.backend import UnicornBackend
 from emu.cpu import paging, x86
 from emu.cpu.interrupts import Event, EventKind
 from emu.cpu.state import CpuState, Mode
-from emu.debugger.engine import Hit, Points, RunPlan, classify, cr_write_hit, mode_change_hit
+from emu.debugger.engine import Evaluate, Hit, Points, RunPlan, classify, cr_write_hit, mode_change_hit, no_stops
 from emu.debugger.history import History, HistoryEntry
 from emu.debugger.stops import AddrSpace, Breakpoint, CatchKind, StopKind, WatchKind
 from emu.errors import GuestMemoryError
@@ -56,15 +55,19 @@ class _Sig:
 
 
 class UnicornEngine:
-    careful_always = False  # set by the session when history must cover `continue` too
+    """The Engine over Unicorn's instruction hooks (`hooks`); `backend` runs the guest."""
 
-    def __init__(self, backend: UnicornBackend, memory: GuestMemory, points: Points, history: History) -> None:
+    def __init__(
+        self, backend: Backend, hooks: InstructionHooks, memory: GuestMemory, points: Points, history: History
+    ) -> None:
         self.backend = backend
-        self.uc = backend.uc
+        self.hooks = hooks
+        self.uc = hooks.uc
         self.memory = memory
         self.points = points
         self.history = history
         self.history_on = True
+        self.careful_always = False  # history must cover `continue` too (record_history)
         self._code_hook: int | None = None
         self._mem_hook: int | None = None
         self._bp_hooks: list[int] = []
@@ -86,11 +89,20 @@ class UnicornEngine:
         self._phys_bps: dict[int, list[Breakpoint]] = {}
         self._first = True
         self._skip_pc: int | None = None
-        self._eval: Any = None  # the session's condition evaluator: (Breakpoint) -> bool
-        backend.on_event = self._on_event
+        self._eval: Evaluate = no_stops
+        hooks.on_event = self._on_event
+
+    def limits(self) -> dict[str, str]:
+        return {}  # every instruction and access is observed: every stop is exact
+
+    def check_points(self, paging: bool) -> None:
+        """Any set of points can be armed."""
+
+    def record_history(self, always: bool) -> None:
+        self.careful_always = always
 
     # -- arming -------------------------------------------------------------------------------------
-    def start(self, plan: RunPlan, evaluate: Any) -> None:
+    def start(self, plan: RunPlan, evaluate: Evaluate) -> None:
         self._plan = plan
         self._eval = evaluate
         self.executed = 0
@@ -149,13 +161,13 @@ class UnicornEngine:
             changed = changed or bool(addrs)
         self._careful = careful
         if changed:
-            uc.ctl_flush_tb()
+            R.flush_translations(uc)
 
     def disarm(self) -> None:
         """Back to no debugger hooks (the session is closing)."""
         self._linear_bps, self._phys_bps = {}, {}
         self._set_hooks(False, False)
-        self.backend.on_event = None
+        self.hooks.on_event = None
 
     def _refresh(self) -> None:
         self._sig = _Sig(self.uc)
@@ -166,11 +178,11 @@ class UnicornEngine:
     def run_once(self) -> Exit:
         return self.backend.run()
 
-    def after_exit(self, exit_: Exit) -> Hit | None:
+    def examine(self, exit_: Exit) -> Hit | None:
         """The backend returned: a stop from our hooks, or the end of the last instruction."""
         if self._hit is not None:
-            hit, self._hit = self._hit, None
-            return hit
+            found, self._hit = self._hit, None
+            return found
         if self._careful and self._inflight and exit_.kind in (ExitKind.HALT, ExitKind.INTERRUPTED):
             self._inflight = False
             if exit_.kind is ExitKind.INTERRUPTED and self._linear_pc() == self._inflight_addr:
@@ -194,7 +206,7 @@ class UnicornEngine:
     # -- hooks ----------------------------------------------------------------------------------------
     def _stop(self, hit: Hit) -> None:
         self._hit = hit
-        self.backend.debug_stop(Exit(ExitKind.DEBUG, hit.kind.value))
+        self.hooks.debug_stop(Exit(ExitKind.DEBUG, hit.kind.value))
 
     def _on_bp(self, uc: unicorn.Uc, address: int, size: int, _ud: object) -> None:
         skip, self._skip_pc = self._skip_pc, None

@@ -2,7 +2,7 @@
 
 The TUI draws them as widgets; render.py turns them into the text `emu debug --script` prints.
 Guest tables are read as the CPU reads them (linear addresses through the guest's paging) with
-the decoders the fault reports use (emu/report/descriptors.py).
+the decoders the fault reports use (emu/cpu/tables.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from emu import layout
 from emu.cpu import paging, x86
 from emu.cpu.disasm import code_bits, disassemble
 from emu.cpu.state import CpuState, Mode, Segment
+from emu.cpu.tables import gate_text, segment_text
 from emu.debugger import registers
 from emu.debugger.history import HistoryView
 from emu.debugger.stops import AddrSpace
@@ -208,14 +209,12 @@ _SYSTEM_16_BYTES = (x86.SEG_TYPE_LDT, x86.SEG_TYPE_TSS32_AVAIL, x86.SEG_TYPE_TSS
 
 
 def gdt_view(session: DebugSession, ldt: bool = False, limit: int = 64) -> list[TableEntry]:
-    from emu.report.descriptors import segment_text
-
     s = session.state()
     table = s.ldt if ldt else s.gdt
     if ldt and (s.ldt.unusable or not s.ldt.present or s.ldt.selector == 0):
         return []
     long_mode = s.mode in (Mode.LONG, Mode.COMPAT)
-    out = []
+    out: list[TableEntry] = []
     i = 0
     while i * 8 + 7 <= table.limit and len(out) < limit:
         addr = table.base + i * 8
@@ -233,13 +232,11 @@ def gdt_view(session: DebugSession, ldt: bool = False, limit: int = 64) -> list[
 
 
 def idt_view(session: DebugSession, limit: int = 256) -> list[TableEntry]:
-    from emu.report.descriptors import gate_text
-
     s = session.state()
     if s.mode is Mode.REAL:
         return ivt_view(session, min(limit, (s.idt.limit + 1) // 4))
     size = 16 if s.mode in (Mode.LONG, Mode.COMPAT) else 8
-    out = []
+    out: list[TableEntry] = []
     for v in range(min(limit, (s.idt.limit + 1) // size)):
         addr = s.idt.base + v * size
         try:
@@ -254,7 +251,7 @@ def idt_view(session: DebugSession, limit: int = 256) -> list[TableEntry]:
 
 def ivt_view(session: DebugSession, count: int = 256) -> list[TableEntry]:
     """The real-mode interrupt vector table at physical 0 (whatever the current mode)."""
-    out = []
+    out: list[TableEntry] = []
     data = session.read_physical(0, 4 * count)
     for v in range(count):
         raw = int.from_bytes(data[4 * v : 4 * v + 4], "little")
@@ -358,24 +355,9 @@ def vga_text(session: DebugSession, columns: int = 80, rows: int = 25) -> list[s
     return lines
 
 
-_KVM_PIC_FIELDS = ("last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "poll",
-                   "special_mask", "init_state", "auto_eoi", "rotate_on_auto_eoi", "special_fully_nested_mode",
-                   "init4", "elcr", "elcr_mask")  # fmt: skip
-
-
 def pic_view(session: DebugSession) -> dict[str, Any]:
-    """The 8259 pair: emu's own (Unicorn) or KVM's in-kernel one (KVM_GET_IRQCHIP)."""
-    m = session.machine
-    if m.pic is not None:
-        return {"source": "emu 8259A pair", **m.pic.describe()}
-    from emu.backends.kvm.backend import KvmBackend
-
-    assert isinstance(m.backend, KvmBackend)
-    out: dict[str, Any] = {"source": "KVM in-kernel PIC (KVM_GET_IRQCHIP)"}
-    for chip_id, name in ((0, "master"), (1, "slave")):
-        raw = m.backend.irqchip(chip_id)[: len(_KVM_PIC_FIELDS)]
-        out[name] = dict(zip(_KVM_PIC_FIELDS, raw, strict=True))
-    return out
+    """The 8259 pair of the machine's interrupt controllers (emu's own or KVM's in-kernel one)."""
+    return session.machine.irqchip.describe()
 
 
 @dataclass

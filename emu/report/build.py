@@ -6,15 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from emu import __version__
 from emu.cpu.disasm import code_bits, disassemble
-from emu.cpu.interrupts import ChainLink, EventKind, Fault, LinearMemory, vector_name
+from emu.cpu.interrupts import ChainLink, EventKind
+from emu.cpu.linear import Fault, LinearMemory
 from emu.cpu.state import ALL_SEGMENT_NAMES, CpuState
+from emu.cpu.tables import Descriptor, TableReader
+from emu.cpu.x86 import vector_name
 from emu.memory import GuestMemory
 from emu.report.causes import SELECTOR_ERROR_VECTORS, error_code_text, first_fault_cause
-from emu.report.descriptors import TableReader
 from emu.report.model import (
     ChainEntry,
     Code,
-    Descriptor,
     FaultReport,
     FirstFault,
     Instruction,
@@ -25,7 +26,7 @@ from emu.report.model import (
 from emu.report.trace import last_instructions
 
 if TYPE_CHECKING:
-    from emu.backends.unicorn.kick import TraceEntry
+    from emu.backends.base import TraceEntry
     from emu.machine import RunResult
 
 TRACE_LENGTH = 32  # instructions in "the last instructions executed"
@@ -136,7 +137,7 @@ def build_report(
     trace_length: int = TRACE_LENGTH,
 ) -> FaultReport:
     """The report of `result` (a run that ended in a triple fault), reading guest memory as the
-    run left it. `trace` is the Unicorn backend's block history (None under KVM)."""
+    run left it. `trace` is the backend's block history (None where it records none: KVM)."""
     detail = result.exit.detail if result.exit is not None else {}
     chain: list[ChainLink] = list(detail.get("chain") or [])
     first_state: CpuState | None = detail.get("state")

@@ -4,11 +4,12 @@ descriptor a bad selector names."""
 from __future__ import annotations
 
 from emu.cpu import paging
-from emu.cpu.interrupts import Event, EventKind, vector_name
+from emu.cpu.interrupts import Event, EventKind
 from emu.cpu.state import CpuState
+from emu.cpu.tables import TableReader
+from emu.cpu.x86 import vector_name
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
-from emu.report.descriptors import TableReader
 
 SELECTOR_ERROR_VECTORS = frozenset({10, 11, 12, 13})
 # How far below RSP a faulting write still counts as the stack growing into the page.

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from emu.cpu.tables import Descriptor
+
 SCHEMA_ID = "emu-fault-report/1"
 
 
@@ -46,18 +48,6 @@ class FirstFault:
     error_code: str | None
     cr2: str | None
     cause: str  # what went wrong, in words
-
-
-@dataclass
-class Descriptor:
-    """A decoded IDT/GDT/LDT entry or TSS field the chain involved."""
-
-    table: str  # "IDT", "GDT", "LDT", "TSS"
-    index: int  # vector for the IDT, descriptor index for GDT/LDT, byte offset for the TSS
-    address: str | None  # linear address of the entry (None when it lies beyond the table)
-    raw: str | None  # the entry's bytes as a hex number (None when unreadable)
-    text: str  # decoded, in words
-    why: str  # which event of the chain it matters to
 
 
 @dataclass

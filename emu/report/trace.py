@@ -1,11 +1,11 @@
 """The last instructions executed, rebuilt from the block starts the Unicorn backend records
-(emu/backends/unicorn/kick.c) by disassembling each block in the mode it ran in."""
+(Backend.block_trace) by disassembling each block in the mode it ran in."""
 
 from __future__ import annotations
 
-from emu.backends.unicorn.kick import TraceEntry
+from emu.backends.base import TraceEntry
 from emu.cpu.disasm import bits_from_hflags, code_bits, disassemble
-from emu.cpu.interrupts import Fault, LinearMemory
+from emu.cpu.linear import Fault, LinearMemory
 from emu.cpu.state import CpuState
 from emu.memory import GuestMemory
 from emu.report.model import Instruction, hx

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 
@@ -48,4 +47,6 @@ def kvm_is_pvm() -> bool:
     ring 3. Some guest-visible behaviour differs from hardware KVM there (see docs/architecture.md,
     "Host KVM quirks"): a ring-3 `int n` raises #UD, and SYSCALL arrives with PVM's own selectors
     and flags."""
-    return Path("/sys/module/kvm_pvm").exists()
+    from emu.backends.kvm.backend import host_is_pvm
+
+    return host_is_pvm()

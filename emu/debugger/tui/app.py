@@ -356,6 +356,7 @@ class DebuggerApp(App[int]):
 
     def _history_text(self) -> Text:
         s = self.session
-        if s.kvm:
-            return Text(f"no history: {s.capabilities()['reverse-stepi']}", panes.GREY)
+        why = s.capabilities()["reverse-stepi"]
+        if why is not None:
+            return Text(f"no history: {why}", panes.GREY)
         return Text(render.history_text(*views.history_view(s, 16)))

@@ -1,13 +1,32 @@
-"""Decoding the IDT, GDT/LDT and TSS entries a fault chain involved, read as the CPU read them
-(linear addresses through the guest's paging)."""
+"""Descriptor tables read as the CPU reads them: IDT gates, GDT/LDT segment descriptors and
+64-bit TSS stack pointers, at linear addresses through the guest's paging, decoded into words.
+Fault reports list the entries a fault chain involved; the debugger shows whole tables."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from emu.cpu import x86
-from emu.cpu.interrupts import Fault, LinearMemory
+from emu.cpu.linear import Fault, LinearMemory
 from emu.cpu.state import CpuState, Mode
 from emu.memory import GuestMemory
-from emu.report.model import Descriptor, hx
+
+
+@dataclass
+class Descriptor:
+    """A decoded IDT/GDT/LDT entry or TSS field (a fault report lists them as they are here)."""
+
+    table: str  # "IDT", "GDT", "LDT", "TSS"
+    index: int  # vector for the IDT, descriptor index for GDT/LDT, byte offset for the TSS
+    address: str | None  # linear address of the entry, hex (None when it lies beyond the table)
+    raw: str | None  # the entry's bytes as a hex number (None when unreadable)
+    text: str  # decoded, in words
+    why: str  # why it was read (for a report: which event of the chain it matters to)
+
+
+def _hx(value: int) -> str:
+    return f"{value:#x}"
+
 
 _SYSTEM_TYPES = {
     0x0: "reserved system type 0 (an empty entry)",
@@ -86,7 +105,7 @@ class TableReader:
         try:
             data = self.lin.read(addr, size)
         except Fault as f:
-            return Descriptor("IDT", vector, hx(addr), None, f"unreadable: {f.reason}", why)
+            return Descriptor("IDT", vector, _hx(addr), None, f"unreadable: {f.reason}", why)
         raw = int.from_bytes(data, "little")
         if s.mode is Mode.REAL:
             text = f"real-mode vector {raw >> 16:#06x}:{raw & 0xFFFF:#06x}"
@@ -94,7 +113,7 @@ class TableReader:
             text = "all zero: no gate (not present)"
         else:
             text = gate_text(raw & (2**64 - 1), raw >> 64, s.mode)
-        return Descriptor("IDT", vector, hx(addr), hx(raw), text, why)
+        return Descriptor("IDT", vector, _hx(addr), _hx(raw), text, why)
 
     def gate_selector(self, vector: int) -> int | None:
         """The code selector of a present interrupt/trap gate, else None."""
@@ -129,7 +148,7 @@ class TableReader:
         else:
             table, base, limit = "GDT", s.gdt.base, s.gdt.limit
             if index == 0:
-                return Descriptor(table, 0, hx(base), None, f"selector {selector:#x} is the null selector", why)
+                return Descriptor(table, 0, _hx(base), None, f"selector {selector:#x} is the null selector", why)
         if index * 8 + 7 > limit:
             text = f"selector {selector:#x} is beyond the {table} limit {limit:#x} ({table} base {base:#x})"
             return Descriptor(table, index, None, None, text, why)
@@ -137,9 +156,9 @@ class TableReader:
         try:
             raw = self.lin.u64(addr)
         except Fault as f:
-            return Descriptor(table, index, hx(addr), None, f"unreadable: {f.reason}", why)
+            return Descriptor(table, index, _hx(addr), None, f"unreadable: {f.reason}", why)
         text = f"selector {selector:#x}: {segment_text(raw, self.long_mode)}"
-        return Descriptor(table, index, hx(addr), hx(raw), text, why)
+        return Descriptor(table, index, _hx(addr), _hx(raw), text, why)
 
     def tss_stack(self, ist: int, why: str) -> Descriptor:
         """The 64-bit TSS's ISTn (or RSP0 when ist is 0) pointer."""
@@ -152,6 +171,6 @@ class TableReader:
         try:
             value = self.lin.u64(addr)
         except Fault as f:
-            return Descriptor("TSS", off, hx(addr), None, f"{name}: unreadable: {f.reason}", why)
+            return Descriptor("TSS", off, _hx(addr), None, f"{name}: unreadable: {f.reason}", why)
         text = f"{name} = {value:#x} (TR {tr.selector:#x}, TSS base {tr.base:#x})"
-        return Descriptor("TSS", off, hx(addr), hx(value), text, why)
+        return Descriptor("TSS", off, _hx(addr), _hx(value), text, why)

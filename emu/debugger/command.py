@@ -11,6 +11,7 @@ import traceback
 from typing import Any
 
 from emu.errors import EmuError, ExitStatus
+from emu.options import add_machine_options, add_output_options, add_run_options, config_from_args
 
 log = logging.getLogger("emu.debugger")
 
@@ -30,7 +31,8 @@ NO_TERMINAL = (
 )
 
 
-def add_debug_parser(sub: Any, run: argparse.ArgumentParser) -> None:
+def add_debug_parser(sub: Any) -> None:
+    """`emu debug`: the machine and run options of `emu run`, plus --script."""
     from emu.debugger.script import COMMANDS
 
     debug = sub.add_parser(
@@ -41,16 +43,15 @@ def add_debug_parser(sub: Any, run: argparse.ArgumentParser) -> None:
         "--report, --timeout, --on-triple-fault) are accepted and ignored.",
         epilog=DEBUG_HELP + COMMANDS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-        conflict_handler="resolve",
     )
-    debug._add_container_actions(run)  # the same boot options as `emu run` (what argparse's parents= does)
+    add_machine_options(debug)
+    add_run_options(debug)
+    add_output_options(debug)
     debug.add_argument("--script", metavar="FILE|-", help="run debugger commands from FILE (- for stdin) and exit")
     debug.set_defaults(handler=cmd_debug)
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    from emu.cli import config_from_args
     from emu.debugger.script import ScriptError, ScriptRunner
     from emu.debugger.session import DebugSession
 

@@ -9,8 +9,6 @@ import traceback
 from typing import Any
 
 from emu.backends.base import ExitKind
-from emu.backends.unicorn.backend import VIRTUAL_TSC_KHZ
-from emu.backends.unicorn.kick import BYTES_PER_NS
 from emu.config import BackendName, MachineConfig, TripleFaultPolicy
 from emu.deterministic import FIXED_EPOCH
 from emu.errors import EmuError
@@ -23,12 +21,15 @@ log = logging.getLogger("emu.report")
 REPLAY_TIMEOUT = 120.0  # seconds, when the original run had no --timeout
 
 
-def rerun_settings(argv: list[str], backend: str, deterministic: bool) -> dict[str, Any]:
-    """What the report records to run the same machine again."""
-    rerun: dict[str, Any] = {"argv": ["emu", *argv], "backend": backend, "deterministic": deterministic}
-    if deterministic:
+def rerun_settings(argv: list[str], machine: Machine) -> dict[str, Any]:
+    """What the report records to run the same machine again. Call it while the machine is
+    open: the virtual-time constants come from its backend and are copied here."""
+    cfg = machine.cfg
+    rerun: dict[str, Any] = {"argv": ["emu", *argv], "backend": cfg.backend.value, "deterministic": cfg.deterministic}
+    virtual = machine.backend.virtual_time()
+    if virtual is not None:  # --deterministic
         rerun["virtual_time"] = {
-            "bytes_per_ns": BYTES_PER_NS, "tsc_khz": VIRTUAL_TSC_KHZ, "rtc_epoch": FIXED_EPOCH,
+            "bytes_per_ns": virtual.code_bytes_per_ns, "tsc_khz": virtual.tsc_khz, "rtc_epoch": FIXED_EPOCH,
         }  # fmt: skip
     return rerun
 
@@ -47,9 +48,7 @@ def fault_report(machine: Machine, result: RunResult, rerun: dict[str, Any], rep
 
 
 def _fault_report(machine: Machine, result: RunResult, rerun: dict[str, Any], replay: bool) -> FaultReport:
-    block_trace = getattr(machine.backend, "block_trace", None)
-    trace = block_trace() if block_trace is not None else None
-    report = build_report(result, machine.memory, machine.backend.name, trace, rerun)
+    report = build_report(result, machine.memory, machine.backend.name, machine.backend.block_trace(), rerun)
     if replay and machine.cfg.backend is BackendName.KVM:
         final_rip = result.state.rip if result.state is not None else None
         try:
