@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 
 from emu import layout
+from emu.errors import EmuError
 
 
 class BackendName(Enum):
@@ -95,3 +96,60 @@ class MachineConfig:
     triple_fault: TripleFaultPolicy = TripleFaultPolicy.ERROR
     deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
     acpi: bool = False  # --kernel: ACPI tables (virtio-mmio devices in the DSDT) instead of cmdline words
+
+    # -- derived views ----------------------------------------------------------------------------
+    @property
+    def firmware_boot(self) -> bool:
+        """The machine starts in firmware (emu's BIOS or --bios), not in a kernel or flat image."""
+        return self.kernel is None and self.image is None
+
+    def bios_disks(self) -> list[DiskSpec]:
+        """The disks the BIOS serves: none under --kernel (no firmware runs), else those that name
+        no virtio transport."""
+        if self.kernel is not None:
+            return []
+        return [d for d in self.disks if d.transport is None]
+
+    def virtio_disks(self) -> list[DiskSpec]:
+        """The disks bios_disks() leaves: all of them under --kernel, else those naming a transport."""
+        return [d for d in self.disks if self.kernel is not None or d.transport is not None]
+
+    def virtio_transports(self) -> list[VirtioTransport]:
+        """The transport of every virtio device the options ask for, in creation order."""
+        default = self.virtio_transport
+        out = [d.transport or default for d in self.virtio_disks()]
+        out += [n.transport or default for n in self.nets]
+        out += [s.transport or default for s in (self.rng, self.virtio_console) if s is not None]
+        return out
+
+
+#: virtio transports that sit on virtio-mmio slots (the others are PCI functions).
+MMIO_TRANSPORTS = frozenset({VirtioTransport.MMIO, VirtioTransport.MMIO_LEGACY})
+
+
+def validate(cfg: MachineConfig) -> None:
+    """Every check of a machine's options that needs no file: the first problem as an EmuError
+    naming the options involved. The Machine calls it once, before it builds anything; loaders
+    only check what the files say."""
+    sources = sum(x is not None for x in (cfg.bios, cfg.image, cfg.kernel))
+    if sources != 1 and not (sources == 0 and cfg.bios_disks()):
+        raise EmuError("give exactly one boot source: --bios FILE, --image FILE or --kernel FILE")
+    if cfg.kernel is None and (cfg.initrd or cfg.cmdline or cfg.modules or cfg.boot is not BootKind.AUTO):
+        raise EmuError("--initrd, --cmdline, --module and --boot only apply with --kernel")
+    if cfg.acpi and cfg.kernel is None:
+        raise EmuError("--acpi on only applies with --kernel (the BIOS path has no ACPI tables)")
+    if cfg.deterministic and cfg.backend is not BackendName.UNICORN:
+        raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
+    if cfg.deterministic and cfg.nets:
+        raise EmuError("--net cannot be used with --deterministic (frames arrive at host times)")
+    if cfg.virtio_console is not None and not cfg.virtio_console.target:
+        raise EmuError("--virtio-console needs a FILE or stdio")
+    for disk in cfg.disks:
+        if disk.floppy and (disk.transport is not None or cfg.kernel is not None):
+            raise EmuError(f"disk {disk.path}: a floppy is a BIOS drive; it cannot be a virtio disk")
+    floppies = sum(d.floppy for d in cfg.bios_disks())
+    if floppies > 2:
+        raise EmuError(f"{floppies} floppy disks given: a PC BIOS has at most 2")
+    mmio = sum(t in MMIO_TRANSPORTS for t in cfg.virtio_transports())
+    if mmio > len(layout.VIRTIO_MMIO_IRQS):
+        raise EmuError(f"{mmio} virtio-mmio devices given: emu has {len(layout.VIRTIO_MMIO_IRQS)} slots")

@@ -129,7 +129,7 @@ CMOS_CENTURY = 0x32
 CMOS_MEM_ABOVE_16M = 0x34  # 0x34/0x35: 64 KiB blocks from 16 MiB to the top of low RAM
 CMOS_MEM_ABOVE_4G = 0x5B  # 0x5B-0x5D: 64 KiB blocks above 4 GiB
 
-# -- virtio-mmio (emu/devices/virtio/mmio.py) ------------------------------------------------------
+# -- virtio-mmio (emu/devices/virtio/transport/mmio.py) --------------------------------------------
 # 4 KiB register windows from Firecracker's first slot address (the hole's first 256 MiB stay
 # free for PCI BARs), one interrupt line each. The IRQs are ISA lines a PC leaves free (no LPT, no floppy controller;
 # PCI uses PCI_INTX_IRQS), usable the same way under emu's 8259s and KVM's in-kernel PIC/IOAPIC (MP table pins

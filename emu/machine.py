@@ -3,40 +3,56 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol, TypeVar
 
 from emu import layout
 from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
 from emu.bus import Bus
-from emu.config import BackendName, MachineConfig, TripleFaultPolicy
+from emu.config import BackendName, MachineConfig, TripleFaultPolicy, validate
 from emu.cpu.state import CpuState
 from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.acpi_pm import AcpiPm
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.i8042 import I8042, SystemControlA
+from emu.devices.irqchip import EmuIrqChip
 from emu.devices.pci.host import PciHost
-from emu.devices.pic import PicPair
 from emu.devices.pit import Pit
 from emu.devices.serial import Serial16550A
-from emu.devices.virtio.mmio import VirtioMmio
-from emu.devices.virtio.slots import attach_virtio, bios_disks, close_virtio, kernel_cmdline
+from emu.devices.virtio.attach import Transport, VirtioBoard, attach_virtio, close_virtio
+from emu.devices.virtio.cmdline import kernel_cmdline
+from emu.devices.virtio.config_devices import requested_devices
+from emu.devices.virtio.serving import Worker
+from emu.devices.virtio.transport.mmio import VirtioMmio
 from emu.errors import EmuError, ExitStatus, HostError
 from emu.firmware.bios import BIOS_ROM, Bios, BiosHost
 from emu.firmware.boot import flat
+from emu.firmware.boot.inputs import KernelInputs
+from emu.firmware.boot.kernel import load_kernel, read_inputs
 from emu.firmware.tables.acpi import AcpiConfig, MmioDevice, write_acpi
 from emu.memory import GuestMemory
+from emu.platform import IrqChip, IrqLine
 from emu.roms import rom_path
-from emu.timers import HostClock, TimerQueue, TimerThread
+from emu.timers import Clock, HostClock, TimerQueue, TimerThread
 
 log = logging.getLogger("emu.machine")
 
-Sink = Callable[[bytes], None]
+Sink = Callable[[bytes], object]  # a file's write() returns a count: ignored
+
+
+class Device(Protocol):
+    """What the machine asks of every device it keeps: back to power-on state on a reboot."""
+
+    def reset(self) -> None: ...
+
+
 SERIAL_CAPTURE_LIMIT = 16 << 20  # bytes of serial output kept for RunResult (the tail)
 
 
@@ -78,8 +94,31 @@ class OutputTap:
             sink(data)
 
 
-def make_backend(name: BackendName, memory: GuestMemory, bus: Bus) -> Backend:
+H = TypeVar("H")
+H_co = TypeVar("H_co", covariant=True)
+
+
+class RunDriver(Protocol[H_co]):
+    """What a debugger adds to the machine's run loop (Machine.loop): its own way to run the
+    guest once, a look at every exit for its stops, and a user's stop request."""
+
+    #: Set from any thread: the loop ends soon with `stopped()`; a wait in `hlt` ends too.
+    stop: threading.Event
+
+    def run_once(self) -> Exit: ...
+
+    def examine(self, exit_: Exit) -> H_co | None:
+        """The debugger's stop for this exit, or None to let the machine handle it."""
+
+    def stopped(self, in_hlt: bool) -> H_co:
+        """The stop to return when `stop` was set (`in_hlt`: while the CPU waited in hlt)."""
+
+
+def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False) -> Backend:
+    """The backend `name`; `virtual_time`: guest time from executed code (--deterministic)."""
     if name is BackendName.KVM:
+        if virtual_time:
+            raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
         try:
             from emu.backends.kvm import KvmBackend
         except ImportError as e:
@@ -91,22 +130,33 @@ def make_backend(name: BackendName, memory: GuestMemory, bus: Bus) -> Backend:
     from emu.backends.unicorn import UnicornBackend
 
     try:
-        return UnicornBackend(memory, bus)
+        return UnicornBackend(memory, bus, virtual_time=virtual_time)
     except BackendUnavailable as e:
         raise HostError(str(e)) from None
 
 
 class Machine:
-    """A PC: RAM, port/MMIO bus, legacy devices, a boot source and one CPU backend."""
+    """A PC: RAM, port/MMIO bus, legacy devices, a boot source and one CPU backend.
+
+    Where things come from, decided once here: the interrupt controllers (the backend's own or
+    emu's, `irqchip`), time (`clock`: the host's, the one given, or the backend's virtual time
+    with --deterministic), each device's interrupt line (`irq_line`).
+    """
 
     def __init__(
         self,
         cfg: MachineConfig,
         serial_sinks: list[Sink] | None = None,
         debugcon_sinks: list[Sink] | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock`: host time for the machine's devices (default: the host's monotonic clock;
+        the debugger gives one that stands still while it holds the guest). --deterministic
+        replaces it with the backend's virtual time."""
+        validate(cfg)
         self.cfg = cfg
-        self._boot_data, rom_size = self._read_boot_source(cfg)
+        self._boot_data, self._kernel, rom_size = self._read_boot_source(cfg)
         self.memory = GuestMemory(cfg.mem, firmware_size=rom_size)
         self.bus = Bus()
         self.serial_out = OutputTap(serial_sinks)
@@ -117,62 +167,79 @@ class Machine:
         self._wake = threading.Event()
         self.resets = 0
         self.a20 = True
-        self._virtual = VirtualClock() if cfg.deterministic else None
-        self.clock: HostClock | VirtualClock = self._virtual or HostClock()
-        self.timers = TimerQueue(self.clock)
-        self.backend = make_backend(cfg.backend, self.memory, self.bus)
-        self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
-        if self._virtual is not None:
-            try:
-                self._virtual.attach(self.backend)
-            except Exception:
-                self.backend.close()
-                self.memory.close()
-                raise
-            self._virtual.follow(self.timers)  # after TimerThread, whose on_change it replaces
-        self._add_devices()
-        self._boot()
+        self.devices: list[Device] = []
+        self.virtio: list[Transport] = []
+        self.virtio_threads: list[Worker] = []
+        self.bios: Bios | None = None
+        self._timer_thread: TimerThread | None = None
+        try:
+            self.backend = make_backend(cfg.backend, self.memory, self.bus, virtual_time=cfg.deterministic)
+        except BaseException:
+            self.memory.close()
+            raise
+        try:
+            self._build(clock)
+        except BaseException:
+            self.close()
+            raise
 
     # -- construction -----------------------------------------------------------------------------
     @staticmethod
-    def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, int]:
-        if bios_disks(cfg) and cfg.bios is None and cfg.image is None and cfg.kernel is None:
-            data = flat.read_image(rom_path(BIOS_ROM), "firmware image")  # boot the disks via the BIOS
-            return data, flat.firmware_rom_size(len(data))
-        if sum(x is not None for x in (cfg.bios, cfg.image, cfg.kernel)) != 1:
-            raise EmuError("give exactly one boot source: --bios FILE, --image FILE or --kernel FILE")
+    def _read_boot_source(cfg: MachineConfig) -> tuple[bytes, KernelInputs | None, int]:
+        """(firmware or flat image bytes, the kernel's inputs, the ROM size), read once."""
         if cfg.kernel is not None:
-            return b"", 0
-        if cfg.bios is not None:
-            data = flat.read_image(cfg.bios, "firmware image")
-            return data, flat.firmware_rom_size(len(data))
-        assert cfg.image is not None
-        return flat.read_image(cfg.image, "image"), 0
+            return b"", read_inputs(cfg.kernel, cfg.initrd, cfg.modules, cfg.cmdline), 0
+        if cfg.image is not None:
+            return flat.read_image(cfg.image, "image"), None, 0
+        # --bios, or the bundled BIOS booting the disks
+        data = flat.read_image(cfg.bios or rom_path(BIOS_ROM), "firmware image")
+        return data, None, flat.firmware_rom_size(len(data))
+
+    def _build(self, clock: Clock | None) -> None:
+        virtual = self.backend.virtual_time()
+        self._virtual = VirtualClock(virtual) if virtual is not None else None
+        self.clock: Clock = self._virtual or clock or HostClock()
+        self.timers = TimerQueue(self.clock)
+        if self._virtual is not None:
+            self._virtual.follow(self.timers)  # runs end at timer deadlines: no timer thread
+        else:
+            self._timer_thread = TimerThread(self.timers, self._kick_for_timers)
+        self.irqchip = self._make_irqchip()
+        self._add_devices()
+        self._boot()
+
+    def _make_irqchip(self) -> IrqChip:
+        """The backend's in-kernel controllers, else emu's own on the CPU's INTR pin."""
+        chip = self.backend.kernel_irqchip()
+        if chip is not None:
+            return chip
+        pin = self.backend.interrupt_pin()
+        if pin is None:
+            raise HostError(f"the {self.backend.name} backend has neither interrupt controllers nor an INTR pin")
+        return EmuIrqChip(self.bus, pin)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """Interrupt line `gsi` of the machine's controllers, for a device to raise and lower."""
+        return functools.partial(self.set_irq, gsi)
 
     def _add_devices(self) -> None:
-        self.devices: list = []  # type: ignore[type-arg]
-        self.pic: PicPair | None = None
-        if not self.backend.has_irqchip:
-            # Unicorn: emu's own 8259 pair drives the CPU's INTR pin.
-            self.pic = PicPair(on_intr=self._on_intr)
-            self.pic.register(self.bus)
-            self.backend.intr_ack = self.pic.acknowledge
-            pit = Pit(self.timers, irq0=lambda level: self.set_irq(layout.IRQ_PIT, level))
+        if not self.backend.capabilities.in_kernel_pit:
+            pit = Pit(self.timers, irq0=self.irq_line(layout.IRQ_PIT))
             pit.register(self.bus)  # with port 0x61
-            self.devices += [self.pic, pit]
-        # Under KVM the PIT (and port 0x61) is in the kernel; the RTC never is.
-        self.cmos = Cmos(self.timers, irq8=lambda level: self.set_irq(layout.IRQ_RTC, level), memory_size=self.cfg.mem,
+            self.devices.append(pit)
+        # The RTC is never in the kernel.
+        self.cmos = Cmos(self.timers, irq8=self.irq_line(layout.IRQ_RTC), memory_size=self.cfg.mem,
                          epoch=FIXED_EPOCH if self._virtual is not None else None)  # fmt: skip
         self.cmos.register(self.bus)
         self.devices.append(self.cmos)
-        self.serial = Serial16550A(irq=lambda level: self.set_irq(layout.IRQ_COM1, level), output=self.serial_out)
+        self.serial = Serial16550A(irq=self.irq_line(layout.IRQ_COM1), output=self.serial_out)
         self.serial.register(self.bus)
         self.i8042 = I8042(
             on_reset=self.request_reset,
             on_a20=self._set_a20,
-            irq1=lambda level: self.set_irq(layout.IRQ_I8042, level),
+            irq1=self.irq_line(layout.IRQ_I8042),
             # Linux's probe loops a byte back through the aux channel and waits 250 ms for IRQ 12.
-            irq12=lambda level: self.set_irq(layout.IRQ_I8042_AUX, level),
+            irq12=self.irq_line(layout.IRQ_I8042_AUX),
         )
         self.i8042.register(self.bus)
         self.sysctl = SystemControlA(on_reset=self.request_reset, on_a20=self._set_a20)
@@ -184,9 +251,8 @@ class Machine:
         self.post = PostCodes()
         self.post.register(self.bus)
         self.devices += [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
-        self.bios: Bios | None = None
-        if self.cfg.kernel is None and self.cfg.image is None:  # firmware boot: BIOS services
-            self.bios = Bios(self.memory, self.bus, bios_disks(self.cfg), self.cfg.snapshot, BiosHost(
+        if self.cfg.firmware_boot:  # BIOS services
+            self.bios = Bios(self.memory, self.bus, self.cfg.bios_disks(), self.cfg.snapshot, BiosHost(
                 console=self.serial_out.sinks,
                 serial_used=lambda: bool(self.serial_out.buf),
                 set_a20=self._set_a20, a20=lambda: self.a20,
@@ -197,31 +263,33 @@ class Machine:
 
         # PCI bus 0 (host bridge on 0xCF8/0xCFC) and virtio devices (issue 5); Linux learns of
         # virtio-mmio ones from its command line. emu assigns the PCI BARs as firmware would.
-        self.pci = PciHost(self.bus, self.set_irq)
+        self.pci = PciHost(self.bus, self.irq_line)
         self.pci.register()
         self.devices.append(self.pci)
-        # Host data for virtio devices (tap frames, console input) is delivered on the vCPU
-        # thread through the timer queue, so device models stay single-threaded.
-        defer = lambda work: self.timers.add(self.clock.now_ns(), lambda _now: work())  # noqa: E731
         # Under KVM each virtio device gets a thread fed by ioeventfds and raising irqfds.
-        eventfds = getattr(self.backend, "eventfds", None)
-        self.virtio = attach_virtio(self.cfg, self.memory, self.bus, self.set_irq, self.pci, defer, eventfds)
+        board = VirtioBoard(self.bus, self.pci, self.irq_line, self.backend.event_fds())
+        attached = attach_virtio(requested_devices(self.cfg, self.memory, self._defer), board)
+        self.virtio, self.virtio_threads = attached.transports, attached.threads
         self.pci.assign()
         self.devices += self.virtio
-        if self.cfg.kernel is not None and self.cfg.acpi:
+        if self._kernel is not None and self.cfg.acpi:
             # --acpi on: the DSDT announces the virtio-mmio devices; the FADT's registers live here.
             acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock)
             acpi_pm.register(self.bus)
             self.devices.append(acpi_pm)
-        elif self.cfg.kernel is not None and self.virtio:
-            self.cfg = dataclasses.replace(self.cfg, cmdline=kernel_cmdline(self.cfg.cmdline, self.virtio))
+        elif self._kernel is not None and self.virtio:
+            self._kernel = dataclasses.replace(self._kernel, cmdline=kernel_cmdline(self._kernel.cmdline, self.virtio))
+
+    def _defer(self, work: Callable[[], None]) -> None:
+        """Run `work` on the vCPU thread soon (any thread): host data for virtio devices (tap
+        frames, console input) arrives through the timer queue, so device models stay
+        single-threaded."""
+        self.timers.add(self.clock.now_ns(), lambda _now: work())
 
     def _boot(self) -> None:
-        if self.cfg.kernel is not None:
-            from emu.firmware.boot.kernel import load_kernel
-
+        if self._kernel is not None:
             rsdp = write_acpi(self.memory, self._acpi_config()) if self.cfg.acpi else 0
-            state = load_kernel(self.memory, self.cfg, rsdp, pci=self.pci.routes())
+            state = load_kernel(self.memory, self._kernel, self.cfg.boot, rsdp, pci=self.pci.routes())
         elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
@@ -233,13 +301,15 @@ class Machine:
         slot = layout.VIRTIO_MMIO_SLOT_SIZE
         mmio = [MmioDevice(d.base, slot, d.irq) for d in self.virtio if isinstance(d, VirtioMmio)]
         # A MADT only where there is a local APIC (KVM's in-kernel irqchip); Unicorn stays in PIC mode.
-        return AcpiConfig(lapic=self.backend.has_irqchip, mmio_devices=tuple(mmio), pci_intx=tuple(self.pci.routes()))
+        lapic = self.irqchip.local_apic
+        return AcpiConfig(lapic=lapic, mmio_devices=tuple(mmio), pci_intx=tuple(self.pci.routes()))
 
     def _reboot(self) -> None:
         self.resets += 1
         for r in self.memory.ram_regions:
             r.view[:] = bytes(r.size)
         self.timers.clear()
+        self.irqchip.reset()
         for dev in self.devices:
             dev.reset()
         self.backend.reset_platform()
@@ -247,19 +317,10 @@ class Machine:
         self._boot()
 
     # -- requests from devices and other threads ----------------------------------------------
-    def set_irq(self, line: int, level: bool) -> None:
-        """An ISA interrupt line changed (any thread)."""
-        if self.pic is not None:
-            self.pic.set_irq(line, level)
-        else:
-            self.backend.set_irq(line, level)
+    def set_irq(self, gsi: int, level: bool) -> None:
+        """Interrupt line `gsi` changed (any thread); a wait in `hlt` looks again."""
+        self.irqchip.set_irq(gsi, level)
         self._wake.set()
-
-    def _on_intr(self, level: bool) -> None:
-        # Called under the PIC's lock, from any thread: must not block.
-        self.backend.set_intr(level)
-        if level:
-            self._wake.set()
 
     def _kick_for_timers(self) -> None:
         """From the timer thread: a deadline passed; make the vCPU thread run the timers."""
@@ -267,13 +328,15 @@ class Machine:
         self.backend.request_stop()
 
     def _run_timers(self) -> None:
-        if self.timers.run_due():
+        if self.timers.run_due() and self._timer_thread is not None:
             self._timer_thread.notify()
 
     def _set_a20(self, enabled: bool) -> None:
         # Port 0x92, the i8042 output port and int 15h 24xx all land here; the last change wins.
-        if enabled != self.a20 and not self.backend.set_a20(enabled) and not enabled:
-            log.info("A20 gate off: %s cannot mask address bit 20, so memory does not wrap", self.backend.name)
+        if enabled != self.a20:
+            self.backend.set_a20(enabled)
+            if not enabled and not self.backend.capabilities.a20_mask:
+                log.info("A20 gate off: %s cannot mask address bit 20, so memory does not wrap", self.backend.name)
         self.a20 = enabled
 
     def _request(self, action: Action) -> None:
@@ -326,7 +389,8 @@ class Machine:
         finally:
             if timer is not None:
                 timer.cancel()
-            self._timer_thread.stop()
+            if self._timer_thread is not None:
+                self._timer_thread.stop()
         if not box:
             return self._result(ExitStatus.SOFTWARE, "the vCPU did not stop")
         return box[0]
@@ -348,36 +412,47 @@ class Machine:
         return action
 
     def _run_loop(self) -> RunResult:
-        while True:
-            out = self.run_backend()
-            if isinstance(out, Exit):
-                out = self.handle_exit(out)
-            if out is not None:
-                return out
+        return self.loop(None)
 
-    # -- the run loop's pieces, public for a debugger that drives the loop itself -----------------
+    # -- the run loop, shared with the debugger ---------------------------------------------------
     def start_timers(self) -> None:
         """Start kicking the vCPU at timer deadlines (virtual time needs no thread: runs end there)."""
-        if self._virtual is None:
+        if self._timer_thread is not None:
             self._timer_thread.start()
 
     def wake(self) -> None:
         """End a wait in `hlt` early, so the waiter looks at its stop conditions (any thread)."""
         self._wake.set()
 
-    def run_backend(self, run: Callable[[], Exit] | None = None) -> Exit | RunResult | None:
-        """One guest run (`run`, by default the backend's) with the machine's bookkeeping around
-        it: the virtual-time deadline, due timers, then a pending request. Returns the exit for
-        `handle_exit`, the result when a request ended the machine, or None when a request was
-        handled (a reboot) and the guest just runs on."""
-        if self._virtual is not None:
-            self._virtual.set_deadline(self.timers.next_deadline())
-        exit_ = (run or self.backend.run)()
-        self._run_timers()
-        action = self._take_action()
-        return exit_ if action is None else self._handle_action(action, exit_)
+    def loop(self, driver: RunDriver[H] | None) -> RunResult | H:
+        """Run the guest until the machine ends (its RunResult) or, with a `driver` (the
+        debugger), until the driver finds a stop in an exit or its `stop` is set. Each turn: one
+        run, the timers due, then a request (debug-exit, reset, timeout, quit) before the exit."""
+        run = driver.run_once if driver is not None else self.backend.run
+        stop = driver.stop if driver is not None else None
+        while stop is None or not stop.is_set():
+            if self._virtual is not None:
+                self._virtual.set_deadline(self.timers.next_deadline())
+            exit_ = run()
+            self._run_timers()
+            action = self._take_action()
+            if action is not None:
+                result = self._handle_action(action, exit_)
+                if result is not None:
+                    return result
+                continue  # a reboot: the guest runs on from the reset vector
+            if driver is not None and (hit := driver.examine(exit_)) is not None:
+                return hit
+            result = self._handle_exit(exit_, stop)
+            if result is not None:
+                return result
+            if exit_.kind is ExitKind.HALT and stop is not None and stop.is_set():
+                assert driver is not None
+                return driver.stopped(in_hlt=True)
+        assert driver is not None
+        return driver.stopped(in_hlt=False)
 
-    def handle_exit(self, exit_: Exit, stop: threading.Event | None = None) -> RunResult | None:
+    def _handle_exit(self, exit_: Exit, stop: threading.Event | None) -> RunResult | None:
         """What an exit means for the machine: its result when the run ends, else None (the
         guest runs on). A `hlt` with interrupts enabled waits here, until `stop` is set too."""
         kind = exit_.kind
@@ -432,7 +507,7 @@ class Machine:
             self._run_timers()
             if self.backend.is_halted_for_good():
                 return self._result(ExitStatus.OK, "guest halted with interrupts disabled", Exit(ExitKind.HALT))
-            if self._interrupt_deliverable():
+            if self.irqchip.interrupt_ready():
                 return None
             if self._virtual is not None and (deadline := self.timers.next_deadline()) is not None:
                 self._virtual.skip_to(deadline)  # nothing runs until the next timer: jump there
@@ -445,16 +520,13 @@ class Machine:
             self._wake.clear()
         return None
 
-    def _interrupt_deliverable(self) -> bool:
-        if self.pic is None:
-            return True  # the in-kernel irqchip wakes the vCPU inside KVM_RUN
-        return self.backend.interrupt_ready()
-
     def close(self) -> None:
+        """Release everything; also on a machine whose construction failed half-way."""
         if self.bios is not None:
             self.bios.close()
-        close_virtio(getattr(self, "virtio", []))
-        self._timer_thread.stop()
+        close_virtio(self.virtio, self.virtio_threads)
+        if self._timer_thread is not None:
+            self._timer_thread.stop()
         self.backend.close()
         self.memory.close()
 

@@ -27,6 +27,30 @@ class HostClock:
         return time.monotonic_ns()
 
 
+class PausableClock:
+    """Host time that stands still while paused, as QEMU stops its virtual clock when the VM
+    stops (the debugger holds the guest): otherwise every pause longer than a PIT period leaves
+    a timer interrupt pending, and each `continue` from a breakpoint with IF=1 would run the
+    handler and stop at the same breakpoint again. Starts paused."""
+
+    def __init__(self) -> None:
+        self._offset = 0  # host time spent paused
+        self._paused_at: int | None = time.monotonic_ns()
+
+    def now_ns(self) -> int:
+        at = self._paused_at
+        return (time.monotonic_ns() if at is None else at) - self._offset
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic_ns()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._offset += time.monotonic_ns() - self._paused_at
+            self._paused_at = None
+
+
 class ManualClock:
     """A clock that moves only when told to (tests, virtual time)."""
 
@@ -63,16 +87,20 @@ class TimerQueue:
         self._heap: list[Timer] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        #: Called when the earliest deadline moved earlier (outside the lock).
-        self.on_change: Callable[[], None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (outside the lock) whenever the earliest deadline moves earlier."""
+        self._listeners.append(listener)
 
     def add(self, deadline_ns: int, callback: Callable[[int], None]) -> Timer:
         t = Timer(deadline_ns, next(self._seq), callback)
         with self._lock:
             earlier = not self._heap or deadline_ns < self._heap[0].deadline_ns
             heapq.heappush(self._heap, t)
-        if earlier and self.on_change is not None:
-            self.on_change()
+        if earlier:
+            for listener in self._listeners:
+                listener()
         return t
 
     def next_deadline(self) -> int | None:
@@ -112,7 +140,7 @@ class TimerThread:
         self._stopped = False
         self._kicked_for: int | None = None
         self._thread: threading.Thread | None = None
-        timers.on_change = self.notify
+        timers.subscribe(self.notify)
 
     def start(self) -> None:
         if self._thread is None:

@@ -24,7 +24,7 @@ from emu.devices.acpi_pm import PM_TIMER_HZ, SCI_EN, AcpiPm
 from emu.devices.pci.host import IntxRoute
 from emu.errors import EmuError
 from emu.firmware.boot import pvh, zeropage
-from emu.firmware.boot.kernel import load_kernel
+from emu.firmware.boot.kernel import load_kernel, read_inputs
 from emu.firmware.tables import acpi, aml
 from emu.machine import Machine, run_machine
 from emu.memory import GuestMemory
@@ -193,7 +193,7 @@ def test_boot_protocols_carry_the_rsdp(tmp_path: Path, name: str, boot: BootKind
     for rsdp in (0, layout.ACPI_AREA_START):
         memory = GuestMemory(64 * MiB)
         try:
-            load_kernel(memory, MachineConfig(kernel=path, boot=boot), rsdp)
+            load_kernel(memory, read_inputs(path, None, [], ""), boot, rsdp)
             assert struct.unpack("<Q", memory.read(field, 8))[0] == rsdp
         finally:
             memory.close()

@@ -1,4 +1,4 @@
-"""The PCI BIOS (int 1Ah AH=B1h, emu/firmware/bios/pci.py) against emu's PciHost on a bus, with no
+"""The PCI BIOS (int 1Ah AH=B1h, emu/firmware/bios/pci_bios.py) against emu's PciHost on a bus, with no
 guest: return codes, CF, the registers each function returns, and CONFIG_ADDRESS left alone."""
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from emu import layout
 from emu.bus import Bus
 from emu.devices.diskimage import DiskImage
 from emu.devices.pci.host import PciHost
+from emu.devices.pci.intx import INTA, IntxPin
 from emu.devices.virtio.blk import VirtioBlk
-from emu.devices.virtio.pci import PciMode, VirtioPci
-from emu.firmware.bios.pci import PCI_SIGNATURE, PciBios, Status
+from emu.devices.virtio.transport.pci import VirtioPci
+from emu.devices.virtio.transport.pci_state import PciMode
+from emu.devices.virtio.wiring import Wiring
+from emu.firmware.bios.pci_bios import PCI_SIGNATURE, PciBios, PciBiosStatus
 from emu.firmware.bios.regs import FLAG_CF, FLAG_IF, Regs
 from emu.memory import GuestMemory
 
@@ -25,12 +28,14 @@ BLK = 1 << 3  # devfn 00:01.0: the first slot after the host bridge
 def pci(tmp_path: Path) -> Iterator[tuple[PciBios, Bus]]:
     bus = Bus()
     mem = GuestMemory(16 << 20)
-    host = PciHost(bus, lambda irq, level: None)
+    host = PciHost(bus, lambda irq: lambda level: None)
     host.register()
     path = tmp_path / "d.img"
     path.write_bytes(bytes(8 * 512))
     disk = DiskImage(path)
-    host.plug(VirtioPci(VirtioBlk(mem, disk), PciMode.TRANSITIONAL))
+    slot = host.free_slot(INTA)
+    pin = IntxPin(INTA, slot.line)
+    host.plug(slot, VirtioPci(VirtioBlk(mem, Wiring(pin.drive), disk), PciMode.TRANSITIONAL, pin))
     host.assign()
     try:
         yield PciBios(bus), bus
@@ -45,7 +50,7 @@ def call(bios: PciBios, al: int, **regs: int) -> Regs:
     return r
 
 
-def failed(r: Regs, status: Status) -> bool:
+def failed(r: Regs, status: PciBiosStatus) -> bool:
     return r.ah == status and r.cf
 
 
@@ -58,7 +63,7 @@ def test_installation_check(pci: tuple[PciBios, Bus]) -> None:
 
 def test_no_pci_bus_means_not_installed() -> None:
     r = call(PciBios(Bus()), 0x01)  # nothing on 0xCF8/0xCFC: all-ones
-    assert failed(r, Status.FUNC_NOT_SUPPORTED)
+    assert failed(r, PciBiosStatus.FUNC_NOT_SUPPORTED)
     assert r.edx == 0
 
 
@@ -69,13 +74,13 @@ def test_no_pci_bus_means_not_installed() -> None:
 def test_find_device(pci: tuple[PciBios, Bus], vendor: int, device: int, index: int, found: int | None) -> None:
     r = call(pci[0], 0x02, ecx=device, edx=vendor, esi=index, ebx=0xEEEE)
     if found is None:
-        assert failed(r, Status.DEVICE_NOT_FOUND) and r.bx == 0xEEEE
+        assert failed(r, PciBiosStatus.DEVICE_NOT_FOUND) and r.bx == 0xEEEE
     else:
         assert (r.ah, r.cf, r.bh, r.bl) == (0, False, 0, found)
 
 
 def test_find_device_bad_vendor(pci: tuple[PciBios, Bus]) -> None:
-    assert failed(call(pci[0], 0x02, ecx=0x1001, edx=0xFFFF), Status.BAD_VENDOR_ID)
+    assert failed(call(pci[0], 0x02, ecx=0x1001, edx=0xFFFF), PciBiosStatus.BAD_VENDOR_ID)
 
 
 @pytest.mark.parametrize(
@@ -85,14 +90,14 @@ def test_find_device_bad_vendor(pci: tuple[PciBios, Bus]) -> None:
 def test_find_class_code(pci: tuple[PciBios, Bus], ecx: int, index: int, found: int | None) -> None:
     r = call(pci[0], 0x03, ecx=ecx, esi=index)
     if found is None:
-        assert failed(r, Status.DEVICE_NOT_FOUND)
+        assert failed(r, PciBiosStatus.DEVICE_NOT_FOUND)
     else:
         assert (r.ah, r.cf, r.bh, r.bl) == (0, False, 0, found)
 
 
 @pytest.mark.parametrize("al", [0x04, 0x05, 0x06, 0x07, 0x0E, 0x0F, 0x80, 0xFF])
 def test_unsupported_functions(pci: tuple[PciBios, Bus], al: int) -> None:
-    assert failed(call(pci[0], al), Status.FUNC_NOT_SUPPORTED)
+    assert failed(call(pci[0], al), PciBiosStatus.FUNC_NOT_SUPPORTED)
 
 
 def test_reads(pci: tuple[PciBios, Bus]) -> None:
@@ -110,7 +115,7 @@ def test_reads(pci: tuple[PciBios, Bus]) -> None:
                                          (0x0B, 0x1000), (0x0C, 0x3D), (0x0D, 0x3E)])  # fmt: skip
 def test_bad_register_numbers(pci: tuple[PciBios, Bus], al: int, reg: int) -> None:
     before = call(pci[0], 0x0A, ebx=BLK, edi=reg & 0xFC).ecx
-    assert failed(call(pci[0], al, ebx=BLK, edi=reg, ecx=0), Status.BAD_REGISTER_NUMBER)
+    assert failed(call(pci[0], al, ebx=BLK, edi=reg, ecx=0), PciBiosStatus.BAD_REGISTER_NUMBER)
     assert call(pci[0], 0x0A, ebx=BLK, edi=reg & 0xFC).ecx == before  # nothing was written
 
 

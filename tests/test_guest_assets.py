@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from emu.tools import cpio, debcache, guests
-from emu.tools.guests import GuestUnavailable, LinuxGuest, build_initramfs, ensure_linux_guest
-from emu.tools.vmlinux import (
+from emu.tools.extract_vmlinux import (
     LZ4_LEGACY_MAGIC,
     LZ4Error,
     VmlinuxError,
@@ -32,6 +31,7 @@ from emu.tools.vmlinux import (
     lz4_legacy_decompress,
     parse_header,
 )
+from emu.tools.guests import GuestUnavailable, LinuxGuest, build_initramfs, ensure_linux_guest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,7 +75,7 @@ def _inputs() -> dict[str, bytes]:
         "zeros": bytes(100_000),
         "random": rng.randbytes(200_000),
         "mixed": bytes(mixed),
-        "text": (REPO / "emu" / "tools" / "vmlinux.py").read_bytes() * 20,
+        "text": (REPO / "emu" / "tools" / "extract_vmlinux.py").read_bytes() * 20,
         # more than one 8 MiB legacy block
         "multi-block": (rng.randbytes(1000) + bytes(range(256)) * 300) * 110,
     }

@@ -260,10 +260,9 @@ def test_machine_wires_the_aux_channel_to_irq12(tmp_path: Path) -> None:
     image = tmp_path / "hlt.img"
     image.write_bytes(b"\xf4")
     with Machine(MachineConfig(backend=BackendName.UNICORN, mem=8 << 20, image=image)) as m:
-        assert m.pic is not None
         m.bus.pio_write(0x64, 1, 0x60)  # write the command byte:
         m.bus.pio_write(0x60, 1, 0x02)  # aux interrupt on, keyboard interrupt off
         m.bus.pio_write(0x64, 1, 0xD3)  # write the aux output buffer (loopback)
         m.bus.pio_write(0x60, 1, 0xA5)
-        assert m.pic.describe()["slave"]["irr"] & 1 << (12 - 8)
+        assert m.irqchip.describe()["slave"]["irr"] & 1 << (12 - 8)
         assert m.bus.pio_read(0x60, 1) == 0xA5

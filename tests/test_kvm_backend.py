@@ -544,8 +544,8 @@ def test_hlt_with_interrupts_enabled_wakes_on_an_interrupt(vm: Vm) -> None:
     t.start()
     time.sleep(0.5)  # several kicks: the CPU is halted but IF=1, so run() must keep going
     assert t.is_alive()
-    vm.cpu.set_irq(1, True)  # from another thread, as devices do
-    vm.cpu.set_irq(1, False)
+    vm.cpu.kernel_irqchip().set_irq(1, True)  # from another thread, as devices do
+    vm.cpu.kernel_irqchip().set_irq(1, False)
     t.join(5)
     assert box and box[0].kind is ExitKind.INTERRUPTED  # type: ignore[attr-defined]
     assert vm.stop.seen == [1, 0xEE]

@@ -19,11 +19,11 @@ from guests import kernels
 from guests.kernels import EM_386, EM_AARCH64, EM_ARM, Seg, make_elf, multiboot_header, xen_pvh_note
 
 from emu import layout
-from emu.config import BootKind, MachineConfig
+from emu.config import BootKind
 from emu.cpu import x86
 from emu.cpu.state import CpuState, Mode
 from emu.errors import EmuError, ExitStatus
-from emu.firmware.boot.kernel import detect, load_kernel
+from emu.firmware.boot.kernel import detect, load_kernel, read_inputs
 from emu.firmware.tables import mptable
 from emu.memory import GuestMemory
 
@@ -59,8 +59,10 @@ def boot(tmp_path: Path) -> Iterator:
         memories.append(memory)
         if prefill is not None:
             memory.fill(0, memory.low_ram_end, prefill)
-        config = MachineConfig(mem=mem, kernel=kpath, initrd=ipath, modules=mpaths, **cfg)  # type: ignore[arg-type]
-        return Loaded(memory, load_kernel(memory, config))
+        boot = cfg.pop("boot", BootKind.AUTO)
+        inputs = read_inputs(kpath, ipath, mpaths, str(cfg.pop("cmdline", "")))
+        assert not cfg, f"unknown options {cfg}"
+        return Loaded(memory, load_kernel(memory, inputs, boot))  # type: ignore[arg-type]
 
     yield run
     for m in memories:
@@ -351,11 +353,11 @@ def test_wrong_forced_protocol_and_misplaced_modules(boot) -> None:
 
 def test_missing_and_empty_files(boot, tmp_path: Path) -> None:
     with _closing(GuestMemory(8 * MiB)) as m, pytest.raises(EmuError, match=r"kernel .*nope: no such file"):
-        load_kernel(m, MachineConfig(kernel=tmp_path / "nope"))
+        load_kernel(m, read_inputs(tmp_path / "nope", None, [], ""), BootKind.AUTO)
     assert "empty" in error_of(boot, b"")
     (tmp_path / "k").write_bytes(vmlinux())
     with _closing(GuestMemory(8 * MiB)) as m, pytest.raises(EmuError, match=r"initrd .*no such file"):
-        load_kernel(m, MachineConfig(kernel=tmp_path / "k", initrd=tmp_path / "missing.img"))
+        load_kernel(m, read_inputs(tmp_path / "k", tmp_path / "missing.img", [], ""), BootKind.AUTO)
 
 
 class _closing:

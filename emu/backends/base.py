@@ -1,4 +1,11 @@
-"""The interface both CPU backends implement, and the Exit they return."""
+"""The interface both CPU backends implement, what each declares it can do, and the Exit they return.
+
+Optional features are declared, never probed: `capabilities` lists the plain facts, and each
+optional interface is an accessor returning a typed object or None (`virtual_time()`,
+`event_fds()`, `block_trace()`, `kernel_irqchip()`, `interrupt_pin()`, `instruction_hooks()`,
+`guest_debug()`). Callers use only these; nothing outside a backend's package names a concrete
+backend class.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,17 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from emu.bus import Bus
 from emu.cpu.state import CpuState
 from emu.memory import GuestMemory
+from emu.platform import EventFds, InterruptPin, IrqChip
+
+if TYPE_CHECKING:
+    import unicorn
+
+    from emu.cpu.interrupts import Event
 
 
 class ExitKind(Enum):
@@ -34,25 +47,118 @@ class BackendUnavailable(Exception):
     """The backend cannot run on this host (e.g. no usable /dev/kvm); the message says why."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """Plain facts about a backend that have no interface object of their own."""
+
+    #: Masks physical address bit 20 while the A20 gate is off (KVM cannot, like QEMU under KVM).
+    a20_mask: bool
+    #: The 8254 PIT (and nothing else of port 0x61) is emulated in the kernel.
+    in_kernel_pit: bool
+    #: Data breakpoints (debug-register watchpoints) fire. False on a host whose KVM ignores DR7.
+    data_breakpoints: bool
+    #: Why data breakpoints do not fire (None when they do).
+    data_breakpoints_note: str | None = None
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One translation block the guest started, for a fault report's "last instructions"."""
+
+    address: int  # linear address of its first instruction
+    size: int  # bytes of code
+    repeat: int  # times it ran back to back
+    hflags: int | None  # QEMU hflags at its start (None: not recorded on this build)
+
+
+class VirtualTime(Protocol):
+    """Guest time taken from the code the guest executes (--deterministic)."""
+
+    #: The TSC rate guests see in virtual time (CPUID leaf 0x15 reports it).
+    tsc_khz: int
+    #: Bytes of guest code executed per nanosecond of guest time.
+    code_bytes_per_ns: int
+
+    def now_ns(self) -> int:
+        """Guest time: executed code plus time skipped while halted."""
+
+    def skip_to(self, ns: int) -> None:
+        """A halted CPU waits for a timer: guest time jumps to `ns`."""
+
+    def set_deadline(self, ns: int | None) -> None:
+        """End runs when guest time reaches `ns` (the machine's next timer), also while the
+        guest runs (from an I/O hook on the vCPU thread)."""
+
+
+class InstructionHooks(Protocol):
+    """A backend whose every instruction is observable (Unicorn): the debugger hooks the engine
+    itself, sees every interrupt and exception before delivery, and ends runs from its hooks."""
+
+    @property
+    def uc(self) -> unicorn.Uc: ...
+
+    #: Called with every interrupt or exception before emu delivers it (None: nobody listens).
+    on_event: Callable[[Event], None] | None
+
+    def debug_stop(self, exit_: Exit) -> None:
+        """From a hook: end the run with `exit_` (a code hook's stop lands before its instruction)."""
+
+
+class GuestDebug(Protocol):
+    """Hardware-assisted debugging (KVM_SET_GUEST_DEBUG): single-step and the four debug registers."""
+
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None: ...
+
+
 class Backend(abc.ABC):
     """A CPU that runs guest code against GuestMemory and dispatches port I/O and MMIO to a Bus.
 
-    Port and MMIO accesses never surface as exits: the backend calls the Bus itself.
-    Interrupt lines are raised with set_irq(); how they reach the CPU (in-kernel irqchip under
-    KVM, emu's software PIC under Unicorn) is the backend's business.
+    Port and MMIO accesses never surface as exits: the backend calls the Bus itself. Interrupts
+    reach the CPU either through the backend's own in-kernel controllers (`kernel_irqchip()`)
+    or through its INTR pin driven by emu's controllers (`interrupt_pin()`); exactly one of the
+    two is not None.
     """
 
     name: str = "?"
-    #: True when the backend owns the interrupt controllers (KVM's in-kernel irqchip).
-    has_irqchip: bool = False
 
     def __init__(self, memory: GuestMemory, bus: Bus) -> None:
         self.memory = memory
         self.bus = bus
-        #: INTA cycle of a software interrupt controller (backends without an irqchip): returns
-        #: the vector of the interrupt the CPU takes.
-        self.intr_ack: Callable[[], int] | None = None
 
+    # -- what the backend can do ------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    def kernel_irqchip(self) -> IrqChip | None:
+        """The interrupt controllers the backend emulates itself (KVM's in-kernel irqchip)."""
+        return None
+
+    def interrupt_pin(self) -> InterruptPin | None:
+        """The CPU's INTR input, for a backend without controllers of its own (Unicorn)."""
+        return None
+
+    def virtual_time(self) -> VirtualTime | None:
+        """Guest time from executed code (--deterministic), where the backend can count it."""
+        return None
+
+    def event_fds(self) -> EventFds | None:
+        """ioeventfd/irqfd registrations for device threads (KVM with the capabilities)."""
+        return None
+
+    def block_trace(self) -> list[TraceEntry] | None:
+        """The blocks the guest started most recently, oldest first (None: not recorded)."""
+        return None
+
+    def instruction_hooks(self) -> InstructionHooks | None:
+        """Per-instruction observation for the debugger (Unicorn)."""
+        return None
+
+    def guest_debug(self) -> GuestDebug | None:
+        """Debug registers and hardware single-step for the debugger (KVM)."""
+        return None
+
+    # -- running ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def run(self) -> Exit:
         """Run until something the machine must see happens."""
@@ -61,18 +167,13 @@ class Backend(abc.ABC):
     def request_stop(self) -> None:
         """Make a run() in progress (in any thread) return INTERRUPTED soon. Thread-safe."""
 
-    def set_a20(self, enabled: bool) -> bool:
-        """The A20 gate changed. True when the backend masks physical address bit 20 while it is
-        off (KVM cannot, like QEMU under KVM)."""
-        return False
-
-    def reset_platform(self) -> None:
-        """A reboot: return what the backend emulates besides the CPU (KVM's in-kernel
-        interrupt controllers and PIT) to its power-on state."""
-
     def request_final_stop(self) -> None:
         """Like request_stop, for a run that ends or reboots: no further guest effect matters."""
         self.request_stop()
+
+    @abc.abstractmethod
+    def step(self) -> Exit:
+        """Execute exactly one instruction and return DEBUG (or the exit it caused)."""
 
     @abc.abstractmethod
     def get_state(self) -> CpuState: ...
@@ -80,27 +181,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: CpuState) -> None: ...
 
-    def step(self) -> Exit:
-        """Execute exactly one instruction and return DEBUG (or the exit it caused)."""
-        raise NotImplementedError(f"single-step is not available on the {self.name} backend yet")
+    def set_a20(self, enabled: bool) -> None:
+        """The A20 gate changed (masked only where `capabilities.a20_mask`)."""
 
-    def set_irq(self, line: int, level: bool) -> None:
-        """Drive an interrupt line (only for backends with has_irqchip)."""
-        raise NotImplementedError
-
-    def set_intr(self, pending: bool) -> None:
-        """INTR pin from a software interrupt controller (backends without an irqchip)."""
-
-    def interrupt_ready(self) -> bool:
-        """INTR is pending and the CPU accepts it now (backends without an irqchip)."""
-        return False
+    def reset_platform(self) -> None:
+        """A reboot: return what the backend emulates besides the CPU (KVM's in-kernel
+        interrupt controllers and PIT) to its power-on state."""
 
     def invalidate_code(self, paddr: int, size: int) -> None:
         """Guest memory at paddr was written from the host: drop any translated code there."""
 
+    @abc.abstractmethod
     def is_halted_for_good(self) -> bool:
         """True when the vCPU sits in hlt with interrupts masked (nothing can wake it)."""
-        return False
 
     def close(self) -> None:
         """Release host resources; the backend is unusable afterwards."""

@@ -140,7 +140,7 @@ def _vendor_regs(vendor: str) -> tuple[int, int, int]:
 
 def _brand_leaves() -> dict[int, Regs]:
     b = BRAND.encode().ljust(48, b"\0")
-    return {0x8000_0002 + i: struct.unpack_from("<IIII", b, 16 * i) for i in range(3)}  # type: ignore[misc]
+    return {0x8000_0002 + i: struct.unpack_from("<IIII", b, 16 * i) for i in range(3)}
 
 
 def feature_bits(features: frozenset[Feature], leaf: int, reg: Reg) -> int:

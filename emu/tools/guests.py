@@ -2,7 +2,7 @@
 
 - linux/bzImage, linux/version: Debian bookworm's cloud kernel (linux-image-cloud-amd64 -> its
   versioned linux-image-6.1.0-*-cloud-amd64 package), fetched with `apt-get download`;
-- linux/vmlinux: the ELF extracted from that bzImage by emu.tools.vmlinux;
+- linux/vmlinux: the ELF extracted from that bzImage by emu.tools.extract_vmlinux;
 - initramfs.cpio: busybox-static plus an /init that prints markers, times `sleep 1` and powers
   off, written by emu.tools.cpio (uncompressed newc: device nodes without root, no decompression
   at boot).
@@ -25,7 +25,7 @@ from pathlib import Path
 from emu.errors import HostError
 from emu.tools import cpio, debcache
 from emu.tools.debcache import GuestUnavailable
-from emu.tools.vmlinux import extract_vmlinux
+from emu.tools.extract_vmlinux import extract_vmlinux
 
 CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "guests"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"

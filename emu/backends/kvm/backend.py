@@ -32,16 +32,18 @@ from enum import Enum
 from typing import Any
 
 from emu import layout
-from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
+from emu.backends.base import Backend, BackendUnavailable, Capabilities, Exit, ExitKind, GuestDebug
 from emu.backends.kvm import api
-from emu.backends.kvm import regs as conv
+from emu.backends.kvm import convert as conv
 from emu.backends.kvm.api import KvmError, ffi, ioctl, libc
 from emu.backends.kvm.eventfds import KvmEventfds
+from emu.backends.kvm.irqchip import KvmIrqChip
 from emu.bus import Bus
 from emu.cpu import x86
 from emu.cpu.cpuid import CpuidEntry, shape_kvm
 from emu.cpu.state import CpuState, FpuState
 from emu.memory import GuestMemory
+from emu.platform import EventFds, IrqChip
 
 log = logging.getLogger("emu.kvm")
 
@@ -69,6 +71,15 @@ _RUN_IO = ffi.offsetof("struct kvm_run", "io")
 _RUN_MMIO = ffi.offsetof("struct kvm_run", "mmio")
 _IO_LAYOUT = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO_LAYOUT = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
+
+
+PVM_NO_DATA_BREAKPOINTS = "this host's KVM (PVM) never reports data breakpoints (measured)"
+
+
+def host_is_pvm() -> bool:
+    """The host's KVM is PVM (kvm_pvm, software-assisted): its instruction emulator runs guest
+    ring 0 and ignores DR7 data breakpoints."""
+    return os.path.exists("/sys/module/kvm_pvm")
 
 
 class KickMode(Enum):
@@ -183,7 +194,6 @@ BOOT_MSRS = {
 
 class KvmBackend(Backend):
     name = "kvm"
-    has_irqchip = True
     use_eventfds = True  # False: virtio stays on the synchronous exit path (benchmarks compare)
 
     def __init__(self, memory: GuestMemory, bus: Bus, *, device: str = "/dev/kvm") -> None:
@@ -206,6 +216,24 @@ class KvmBackend(Backend):
             self.close()
             raise
         self._kick_mode = _choose_kick_mode()
+
+    # -- what this backend can do -----------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        pvm = host_is_pvm()
+        return Capabilities(
+            a20_mask=False, in_kernel_pit=True, data_breakpoints=not pvm,
+            data_breakpoints_note=PVM_NO_DATA_BREAKPOINTS if pvm else None,
+        )  # fmt: skip
+
+    def kernel_irqchip(self) -> IrqChip:
+        return self._irqchip
+
+    def event_fds(self) -> EventFds | None:
+        return self._eventfds
+
+    def guest_debug(self) -> GuestDebug:
+        return self
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -268,15 +296,15 @@ class KvmBackend(Backend):
         ioctl(vm, api.KVM_SET_TSS_ADDR, layout.KVM_TSS_ADDR, name="KVM_SET_TSS_ADDR")
         ident = ffi.new("uint64_t *", layout.KVM_IDENTITY_MAP_ADDR)
         ioctl(vm, api.KVM_SET_IDENTITY_MAP_ADDR, ident, name="KVM_SET_IDENTITY_MAP_ADDR")
-        ioctl(vm, api.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
+        self._irqchip = KvmIrqChip(vm)
         pit = ffi.new("struct kvm_pit_config *")  # flags 0: port 0x61 stays with emu's devices
         ioctl(vm, api.KVM_CREATE_PIT2, pit, name="KVM_CREATE_PIT2")
-        # virtio notifications and interrupts off the vCPU thread (emu/devices/virtio/eventfd.py);
+        # virtio notifications and interrupts off the vCPU thread (emu/devices/virtio/device_thread.py);
         # without all three capabilities virtio keeps the synchronous exit path.
-        self.eventfds: KvmEventfds | None = None
+        self._eventfds: KvmEventfds | None = None
         caps = (api.KVM_CAP_IOEVENTFD, api.KVM_CAP_IRQFD, api.KVM_CAP_IRQFD_RESAMPLE)
         if self.use_eventfds and all(self._check_extension(c, vm) > 0 for c in caps):
-            self.eventfds = KvmEventfds(vm)
+            self._eventfds = KvmEventfds(vm)
         readonly_ok = self._check_extension(api.KVM_CAP_READONLY_MEM, vm) > 0
         for slot, region in enumerate(self.memory.regions):
             flags = 0
@@ -331,9 +359,9 @@ class KvmBackend(Backend):
         fields = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
         supported = [CpuidEntry(*(int(getattr(cpuid.entries[i], f)) for f in fields)) for i in range(cpuid.nent)]
         shaped = shape_kvm(supported)
-        for i, e in enumerate(shaped):
+        for i, entry in enumerate(shaped):
             for f in fields:
-                setattr(cpuid.entries[i], f, getattr(e, f))
+                setattr(cpuid.entries[i], f, getattr(entry, f))
         cpuid.nent = len(shaped)
         ioctl(self._vcpu_fd, api.KVM_SET_CPUID2, cpuid, name="KVM_SET_CPUID2")
 
@@ -349,32 +377,18 @@ class KvmBackend(Backend):
             regs[offset : offset + 4] = value.to_bytes(4, "little")
         ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
 
-    def irqchip(self, chip_id: int) -> bytes:
-        """The raw state of an in-kernel interrupt chip (KVM_GET_IRQCHIP; 0 and 1: the 8259 pair,
-        2: the IOAPIC), for the debugger's views."""
-        self._check_open()
-        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
-        ioctl(self._vm_fd, api.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
-        return bytes(ffi.buffer(chip.chip))
-
-    def _save_platform(self) -> tuple[list[Any], Any, Any]:
-        """The in-kernel PICs, IOAPIC, PIT and LAPIC as they are now (at power-on)."""
-        chips = []
-        for chip_id in (0, 1, 2):
-            chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
-            ioctl(self._vm_fd, api.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
-            chips.append(chip)
+    def _save_platform(self) -> tuple[Any, Any]:
+        """The in-kernel PIT and LAPIC as they are now (at power-on); the irqchip keeps its own."""
+        self._irqchip.save_power_on()
         pit = ffi.new("struct kvm_pit_state2 *")
         ioctl(self._vm_fd, api.KVM_GET_PIT2, pit, name="KVM_GET_PIT2")
         lapic = ffi.new("struct kvm_lapic_state *")
         ioctl(self._vcpu_fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
-        return chips, pit, lapic
+        return pit, lapic
 
     def reset_platform(self) -> None:
         self._check_open()
-        chips, pit, lapic = self._power_on
-        for chip in chips:
-            ioctl(self._vm_fd, api.KVM_SET_IRQCHIP, chip, name="KVM_SET_IRQCHIP")
+        pit, lapic = self._power_on
         ioctl(self._vm_fd, api.KVM_SET_PIT2, pit, name="KVM_SET_PIT2")
         ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
 
@@ -606,12 +620,6 @@ class KvmBackend(Backend):
         return self._halted_with_interrupts_off()
 
     # -- interrupts and single-step -------------------------------------------------------------
-    def set_irq(self, line: int, level: bool) -> None:
-        self._check_open()
-        irq = ffi.new("struct kvm_irq_level *")
-        irq.irq, irq.level = line, int(bool(level))
-        ioctl(self._vm_fd, api.KVM_IRQ_LINE, irq, name="KVM_IRQ_LINE")
-
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
         """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* bits (ENABLE added when any is set),
         `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py)."""

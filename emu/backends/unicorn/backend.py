@@ -17,15 +17,19 @@ import unicorn
 from unicorn import x86_const as X
 
 from emu import layout
-from emu.backends.base import Backend, Exit, ExitKind
+from emu.backends.base import Backend, Capabilities, Exit, ExitKind, InstructionHooks, TraceEntry, VirtualTime
 from emu.backends.unicorn import rawstate as R
-from emu.backends.unicorn.kick import BlockKick, TraceEntry
+from emu.backends.unicorn.block_trace import block_trace
+from emu.backends.unicorn.exact_stop import ExactStop
+from emu.backends.unicorn.native import NativeHooks
+from emu.backends.unicorn.virtual_time import UnicornVirtualTime
 from emu.bus import Bus
 from emu.cpu import cpuid, paging, x86
 from emu.cpu.interrupts import Event, EventKind, TripleFault, Unsupported, deliver_with_escalation
 from emu.cpu.state import ALL_SEGMENT_NAMES, CpuState, FpuState, Segment
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
+from emu.platform import InterruptPin
 
 log = logging.getLogger("emu.unicorn")
 
@@ -37,7 +41,6 @@ _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # a linear address code never reaches: run until
 INTR_WINDOW_POLL_S = 0.001
 # With virtual time the same poll is measured in guest time, so it lands at the same point every run.
 VIRTUAL_WINDOW_POLL_NS = 100_000
-VIRTUAL_TSC_KHZ = 2_000_000  # a fixed 2 GHz TSC: CPUID leaf 0x15 must not carry the host's rate
 # SYSCALL, SYSENTER: Unicorn calls the hook and then adds the instruction length to RIP.
 _SYSCALL_LEN = 2
 
@@ -69,10 +72,12 @@ def host_tsc_khz() -> int:
 
 
 class UnicornBackend(Backend):
-    name = "unicorn"
-    has_irqchip = False
+    """Also the CPU's INTR pin (emu's interrupt controllers drive it) and the debugger's
+    instruction hooks."""
 
-    def __init__(self, memory: GuestMemory, bus: Bus) -> None:
+    name = "unicorn"
+
+    def __init__(self, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False) -> None:
         super().__init__(memory, bus)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         R.self_test(self.uc)
@@ -87,23 +92,48 @@ class UnicornBackend(Backend):
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
         self._intr_pending = False
+        self._acknowledge: Callable[[], int] | None = None  # the INTA cycle of emu's controller
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
-        self.tsc_khz = host_tsc_khz()
-        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
         self._map_memory()
         self._add_hooks()
-        self._kick = BlockKick(self.uc)
+        self._native = NativeHooks(self.uc)
+        self._kick = ExactStop(self._native)
         self._stepping = False  # the last run was a step (the count hook is installed)
         #: Called with every interrupt or exception before emu delivers it (the debugger).
         self.on_event: Callable[[Event], None] | None = None
         # Virtual time (--deterministic): runs end at timer deadlines and interrupt-window polls
         # measured in executed code, never by host-time threads.
-        self._virtual = False
-        self._deadline_ns: int | None = None
-        self._window_ns: int | None = None
+        self._virtual = UnicornVirtualTime(self._native) if virtual_time else None
+        self.tsc_khz = self._virtual.tsc_khz if self._virtual is not None else host_tsc_khz()
+        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
+        if self._virtual is not None:
+            # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
+            rdtscp = cpuid.Feature.RDTSCP
+            regs = list(self._cpuid[(rdtscp.leaf, 0)])
+            regs[rdtscp.reg.value] &= ~rdtscp.mask
+            self._cpuid[(rdtscp.leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
         self.set_state(CpuState())
+
+    # -- what this backend can do -----------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(a20_mask=True, in_kernel_pit=False, data_breakpoints=True)
+
+    def interrupt_pin(self) -> InterruptPin:
+        return self
+
+    def virtual_time(self) -> VirtualTime | None:
+        return self._virtual
+
+    def block_trace(self) -> list[TraceEntry]:
+        """The translation blocks the guest started most recently, oldest first (kick.c's ring),
+        for the fault report's "last instructions executed"."""
+        return block_trace(self._native)
+
+    def instruction_hooks(self) -> InstructionHooks:
+        return self
 
     # -- set-up -----------------------------------------------------------------------------------
     def _map_memory(self) -> None:
@@ -115,12 +145,12 @@ class UnicornBackend(Backend):
             self.uc.mem_map_ptr(r.gpa, r.size, perms, r.host_address)
         # Everything else below layout.PHYS_ADDR_LIMIT is the bus: devices or all-ones.
         pos = 0
-        for r in [*regions, None]:
-            start = r.gpa if r is not None else layout.PHYS_ADDR_LIMIT
+        for region in [*regions, None]:
+            start = region.gpa if region is not None else layout.PHYS_ADDR_LIMIT
             if start > pos:
                 self.uc.mmio_map(pos, start - pos, self._mmio_read, pos, self._mmio_write, pos)
-            if r is not None:
-                pos = r.end
+            if region is not None:
+                pos = region.end
 
     def _add_hooks(self) -> None:
         uc = self.uc
@@ -287,7 +317,7 @@ class UnicornBackend(Backend):
     def run(self) -> Exit:
         self._vcpu_thread = threading.get_ident()
         self._discard_io = False
-        if self._intr_pending and self.intr_ack is not None:
+        if self._intr_pending and self._acknowledge is not None:
             self._inject_external()
         if self._pending is not None:
             exit_, self._pending = self._pending, None
@@ -300,8 +330,6 @@ class UnicornBackend(Backend):
                 self._kick.cancel()
                 return Exit(ExitKind.INTERRUPTED)
             kicks = self._kick.taken
-            if self._virtual:
-                self._apply_budget()
             rip = self.uc.reg_read(X.UC_X86_REG_RIP)
             try:
                 self.uc.emu_start(rip, _UNTIL)
@@ -330,15 +358,15 @@ class UnicornBackend(Backend):
             self._arm_window_poll()
             return
         self._window.clear()
-        self._window_ns = None
-        assert self.intr_ack is not None
-        vector = self.intr_ack()  # the INTA cycle: the controller moves the line to in-service
+        if self._virtual is not None:
+            self._virtual.set_window_poll(None)
+        assert self._acknowledge is not None
+        vector = self._acknowledge()  # the INTA cycle: the controller moves the line to in-service
         self._deliver(raw, Event(vector, EventKind.EXTERNAL))
 
     def _arm_window_poll(self) -> None:
-        if self._virtual:
-            self._window_ns = self._kick.virtual_ns + VIRTUAL_WINDOW_POLL_NS
-            self._apply_budget()
+        if self._virtual is not None:
+            self._virtual.set_window_poll(self._virtual.now_ns() + VIRTUAL_WINDOW_POLL_NS)
             return
         self._window.set()
         if self._window_thread is None:
@@ -385,17 +413,22 @@ class UnicornBackend(Backend):
         self._discard_io = True
         self.request_stop()
 
+    # -- the INTR pin (emu/platform.py's InterruptPin) ------------------------------------------
+    def connect(self, acknowledge: Callable[[], int]) -> None:
+        self._acknowledge = acknowledge
+
     def set_intr(self, pending: bool) -> None:
-        """INTR from the software PIC, from any thread and possibly under the PIC's lock: it
+        """INTR from emu's interrupt controller, from any thread and possibly under its lock: it
         never blocks. A new interrupt stops the run so that run() can deliver it."""
         self._intr_pending = pending
         if not pending:
             self._window.clear()
-            self._window_ns = None
+            if self._virtual is not None:
+                self._virtual.set_window_poll(None)
         elif self._in_emu or threading.get_ident() != self._vcpu_thread:
             self.request_stop()
 
-    def interrupt_ready(self) -> bool:
+    def accepts_interrupt(self) -> bool:
         """An interrupt is pending and the guest accepts it (IF=1)."""
         return self._intr_pending and bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF)
 
@@ -405,7 +438,7 @@ class UnicornBackend(Backend):
         # the hook was added: flush when stepping starts (a normal run removes the hook, and
         # Unicorn flushes again then).
         if not self._stepping:
-            self.uc.ctl_flush_tb()
+            R.flush_translations(self.uc)
             self._stepping = True
         try:
             self.uc.emu_start(rip, _UNTIL, count=1)
@@ -416,7 +449,7 @@ class UnicornBackend(Backend):
             return exit_
         return Exit(ExitKind.DEBUG, "step")
 
-    def set_a20(self, enabled: bool) -> bool:
+    def set_a20(self, enabled: bool) -> None:
         """QEMU's a20_mask: every physical address (code, data, page-table reads) is ANDed with
         it. Called from I/O hooks or between runs; cached translations must go with it."""
         raw = R.RawContext.save(self.uc)
@@ -425,7 +458,6 @@ class UnicornBackend(Backend):
             raw.set_i32(R.OFF_A20_MASK, mask)
             raw.restore(self.uc)
             self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
-        return True
 
     def invalidate_code(self, paddr: int, size: int) -> None:
         # Unicorn invalidates by virtual address. With paging off that is the physical address
@@ -434,45 +466,9 @@ class UnicornBackend(Backend):
         if size <= 0:
             return
         if self.uc.reg_read(X.UC_X86_REG_CR0) & x86.Cr0.PG:
-            self.uc.ctl_flush_tb()
+            R.flush_translations(self.uc)
         else:
             self.uc.ctl_remove_cache(paddr, paddr + size)
-
-    # -- virtual time (--deterministic) ----------------------------------------------------------
-    def enable_virtual_time(self) -> None:
-        """Guest time from the code executed (kick.c): rdtsc, CPUID's TSC rate and every end of a
-        run follow it, so the same guest runs the same instruction stream every time."""
-        self._virtual = True
-        self.tsc_khz = VIRTUAL_TSC_KHZ
-        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
-        # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
-        rdtscp = cpuid.Feature.RDTSCP
-        regs = list(self._cpuid[(rdtscp.leaf, 0)])
-        regs[rdtscp.reg.value] &= ~rdtscp.mask
-        self._cpuid[(rdtscp.leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
-        self._kick.enable_virtual_tsc(self.tsc_khz)
-
-    def virtual_ns(self) -> int:
-        return self._kick.virtual_ns
-
-    def skip_to(self, ns: int) -> None:
-        """A halted CPU: let guest time jump to `ns` (the next timer deadline)."""
-        self._kick.skip_to(ns)
-
-    def set_deadline(self, ns: int | None) -> None:
-        """End runs when guest time reaches `ns` (the machine's next timer); from the vCPU thread,
-        also while the guest runs (from an I/O hook)."""
-        self._deadline_ns = ns
-        self._apply_budget()
-
-    def _apply_budget(self) -> None:
-        budget = [t for t in (self._deadline_ns, self._window_ns) if t is not None]
-        self._kick.stop_at(min(budget) if budget else None)
-
-    def block_trace(self) -> list[TraceEntry]:
-        """The translation blocks the guest started most recently, oldest first (kick.c's ring),
-        for the fault report's "last instructions executed"."""
-        return self._kick.trace()
 
     def is_halted_for_good(self) -> bool:
         # hlt with IF=0: only NMI or reset can wake it, and no device here raises NMI.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import unicorn
 from unicorn import x86_const as X
+from unicorn.unicorn_py3 import UcContext
 
 from emu.backends.base import BackendUnavailable
 from emu.cpu import x86
@@ -72,6 +73,13 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
 
+def flush_translations(uc: unicorn.Uc) -> None:
+    """Drop every translated block (~6 ms). The binding's Uc has `ctl_flush_tb`, but its
+    unicorn.py picks the class by a runtime version test that type checkers read as the old
+    binding's, which lacks it."""
+    uc.ctl_flush_tb()  # type: ignore[attr-defined]
+
+
 class RawStateMismatch(BackendUnavailable):
     """The installed Unicorn's CPU state layout is not the one emu was built against."""
 
@@ -97,7 +105,7 @@ def seg_from_qemu(selector: int, base: int, limit: int, flags: int, pe: bool, na
 class RawContext:
     """A saved uc_context whose CPUX86State bytes can be read and patched, then restored."""
 
-    ctx: unicorn.UcContext
+    ctx: UcContext
     buf: ctypes.Array  # the context's own memory (edits go straight into it)
 
     @classmethod

@@ -36,7 +36,7 @@ NO_DPTE = 0xFFFF_FFFF  # FFFF:FFFF: no device parameter table extension
 PRIMARY_IDE_BASE = 0x1F0  # reported as the drive's ISA interface address (EDD 3.0 path)
 
 
-class Status(IntEnum):
+class DiskStatus(IntEnum):
     OK = 0x00
     BAD_COMMAND = 0x01  # invalid function or parameter
     WRITE_PROTECTED = 0x03
@@ -45,10 +45,10 @@ class Status(IntEnum):
     NOT_REMOVABLE = 0xB2
 
 
-def _span(disk: Disk, lba: int, count: int) -> tuple[int, Status]:
+def _span(disk: Disk, lba: int, count: int) -> tuple[int, DiskStatus]:
     """How many of `count` sectors from `lba` are on the disk; 04h when the request runs past its end."""
     done = max(0, min(count, disk.sectors - lba))
-    return done, Status.OK if done == count else Status.SECTOR_NOT_FOUND
+    return done, DiskStatus.OK if done == count else DiskStatus.SECTOR_NOT_FOUND
 
 
 class DiskServices:
@@ -56,7 +56,7 @@ class DiskServices:
         self.mem = mem
         self.disks = {d.number: d for d in disks}
         self.invalidate_code = invalidate_code
-        self._functions: dict[int, Callable[[Regs, Disk], Status | None]] = {
+        self._functions: dict[int, Callable[[Regs, Disk], DiskStatus | None]] = {
             0x00: self._ok, 0x02: self._read_chs, 0x03: self._write_chs, 0x04: self._verify_chs,
             0x08: self._parameters, 0x09: self._ok, 0x0C: self._ok, 0x0D: self._ok,
             0x10: self._ok, 0x11: self._ok, 0x14: self._ok, 0x15: self._disk_type,
@@ -84,26 +84,26 @@ class DiskServices:
         disk = self.disks.get(r.dl)
         handler = self._functions.get(fn)
         if disk is None or handler is None or (disk.is_floppy and 0x41 <= fn <= 0x49):
-            self._finish(r, Status.BAD_COMMAND)
+            self._finish(r, DiskStatus.BAD_COMMAND)
             return
         status = handler(r, disk)
         if status is not None:
             self._finish(r, status)
 
-    def _finish(self, r: Regs, status: Status) -> None:
+    def _finish(self, r: Regs, status: DiskStatus) -> None:
         self.mem.write_u8(bda.FLOPPY_LAST_STATUS if r.dl < 0x80 else bda.DISK_LAST_STATUS, status)
         r.ah = status
-        r.cf = status != Status.OK
+        r.cf = status != DiskStatus.OK
 
     # -- simple functions -----------------------------------------------------------------------
-    def _ok(self, r: Regs, disk: Disk) -> Status:
-        return Status.OK
+    def _ok(self, r: Regs, disk: Disk) -> DiskStatus:
+        return DiskStatus.OK
 
-    def _lock(self, r: Regs, disk: Disk) -> Status:
-        return Status.OK  # fixed disks: lock and unlock always succeed
+    def _lock(self, r: Regs, disk: Disk) -> DiskStatus:
+        return DiskStatus.OK  # fixed disks: lock and unlock always succeed
 
-    def _eject(self, r: Regs, disk: Disk) -> Status:
-        return Status.NOT_REMOVABLE
+    def _eject(self, r: Regs, disk: Disk) -> DiskStatus:
+        return DiskStatus.NOT_REMOVABLE
 
     def _parameters(self, r: Regs, disk: Disk) -> None:
         chs = disk.lchs
@@ -116,7 +116,7 @@ class DiskServices:
         else:
             count = self.hard_disks
             last_cyl = max(0, last_cyl - 1)  # the last cylinder is reserved (diagnostics)
-        self._finish(r, Status.OK)
+        self._finish(r, DiskStatus.OK)
         r.al = 0
         r.ch = last_cyl & 0xFF
         r.cl = ((last_cyl >> 2) & 0xC0) | (chs.sectors & 0x3F)
@@ -124,7 +124,7 @@ class DiskServices:
         r.dl = count
 
     def _disk_type(self, r: Regs, disk: Disk) -> None:
-        self._finish(r, Status.OK)
+        self._finish(r, DiskStatus.OK)
         if disk.is_floppy:
             r.ah = 0x01  # diskette, no change-line support
             return
@@ -148,7 +148,7 @@ class DiskServices:
             or (cylinder >= chs.cylinders or head >= chs.heads or sector > chs.sectors)
         ):
             r.al = 0
-            self._finish(r, Status.BAD_COMMAND)
+            self._finish(r, DiskStatus.BAD_COMMAND)
             return None
         return (cylinder * chs.heads + head) * chs.sectors + sector - 1, count
 
@@ -174,16 +174,16 @@ class DiskServices:
     def _verify_chs(self, r: Regs, disk: Disk) -> None:
         self._chs_access(r, disk, write=None)
 
-    def _transfer(self, disk: Disk, lba: int, count: int, addr: int, *, write: bool) -> tuple[int, Status]:
+    def _transfer(self, disk: Disk, lba: int, count: int, addr: int, *, write: bool) -> tuple[int, DiskStatus]:
         """Move `count` sectors between the disk at `lba` and guest memory at `addr`."""
         if write and disk.readonly:
-            return 0, Status.WRITE_PROTECTED
+            return 0, DiskStatus.WRITE_PROTECTED
         size = count * SECTOR
         if disk.is_floppy and (addr & 0xFFFF) + size > 0x10000:
-            return 0, Status.DMA_BOUNDARY
+            return 0, DiskStatus.DMA_BOUNDARY
         window = ram_window(self.mem, addr, size, writable=not write)
         if window is None:
-            return 0, Status.BAD_COMMAND
+            return 0, DiskStatus.BAD_COMMAND
         done, status = _span(disk, lba, count)
         if done:
             n = done * SECTOR
@@ -197,9 +197,9 @@ class DiskServices:
     # -- EDD (LBA) functions --------------------------------------------------------------------
     def _edd_check(self, r: Regs, disk: Disk) -> None:
         if r.bx != 0x55AA:
-            self._finish(r, Status.BAD_COMMAND)
+            self._finish(r, DiskStatus.BAD_COMMAND)
             return
-        self._finish(r, Status.OK)
+        self._finish(r, DiskStatus.OK)
         r.ah = EDD_VERSION
         r.bx = 0xAA55
         r.cx = EDD_SUPPORT
@@ -226,15 +226,15 @@ class DiskServices:
         """42h (write False), 43h (True), 44h/47h (None: verify or seek, nothing moves)."""
         packet = self._packet(r)
         if packet is None:
-            self._finish(r, Status.BAD_COMMAND)
+            self._finish(r, DiskStatus.BAD_COMMAND)
             return
         at, count, buffer, lba = packet
         if lba >= disk.sectors:
             self.mem.write_u16(at + 2, 0)
-            self._finish(r, Status.BAD_COMMAND)
+            self._finish(r, DiskStatus.BAD_COMMAND)
             return
         if count == 0:
-            self._finish(r, Status.OK)
+            self._finish(r, DiskStatus.OK)
             return
         if write is None:
             done, status = _span(disk, lba, count)
@@ -252,20 +252,20 @@ class DiskServices:
     def _verify_lba(self, r: Regs, disk: Disk) -> None:
         self._lba_access(r, disk, write=None)
 
-    def _edd_parameters(self, r: Regs, disk: Disk) -> Status:
+    def _edd_parameters(self, r: Regs, disk: Disk) -> DiskStatus:
         """48h: the drive parameter table at DS:SI, as long as the caller's buffer allows:
         1Ah bytes (EDD 1.x), 1Eh (2.x: DPTE pointer) or 42h (3.0: device path)."""
         at = real_address(r.ds, r.si)
         head = ram_window(self.mem, at, 2, writable=True)
         if head is None:
-            return Status.BAD_COMMAND
+            return DiskStatus.BAD_COMMAND
         room = struct.unpack("<H", head)[0]
         if room < 0x1A:
-            return Status.BAD_COMMAND
+            return DiskStatus.BAD_COMMAND
         size = 0x42 if room >= 0x42 else 0x1E if room >= 0x1E else 0x1A
         window = ram_window(self.mem, at, size, writable=True)
         if window is None:
-            return Status.BAD_COMMAND
+            return DiskStatus.BAD_COMMAND
         p = disk.pchs
         chs_valid = p.total <= disk.sectors
         table = bytearray(struct.pack(
@@ -280,4 +280,4 @@ class DiskServices:
                                PRIMARY_IDE_BASE, slave, 0)  # fmt: skip
             table += path + bytes([checksum(path)])
         window[:] = table
-        return Status.OK
+        return DiskStatus.OK

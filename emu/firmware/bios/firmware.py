@@ -15,7 +15,7 @@ from emu.firmware.bios.clock import Clock
 from emu.firmware.bios.disk import SECTOR, Disk
 from emu.firmware.bios.disk_services import DiskServices
 from emu.firmware.bios.keyboard import Keyboard
-from emu.firmware.bios.pci import PCI_FUNCTION_ID, PciBios
+from emu.firmware.bios.pci_bios import PCI_FUNCTION_ID, PciBios
 from emu.firmware.bios.regs import Regs
 from emu.firmware.bios.system import SystemServices
 from emu.firmware.bios.video import ConsoleEcho, Video
@@ -41,7 +41,7 @@ EQUIPMENT_ONE_SERIAL = 0x0200
 class BiosHost:
     """What the BIOS needs from the machine, as plain callables."""
 
-    console: list[Callable[[bytes], None]]  # emu's console: the sinks the serial output goes to
+    console: list[Callable[[bytes], object]]  # emu's console: the sinks the serial output goes to
     serial_used: Callable[[], bool]  # has the guest transmitted anything on COM1 yet?
     set_a20: Callable[[bool], None]
     a20: Callable[[], bool]
@@ -59,8 +59,6 @@ def number_disks(specs: list[DiskSpec]) -> list[tuple[DiskSpec, int]]:
         else:
             out.append((spec, 0x80 + hard))
             hard += 1
-    if floppies > 2:
-        raise EmuError(f"{floppies} floppy disks given: a PC BIOS has at most 2")
     return out
 
 
@@ -70,6 +68,7 @@ class Bios:
     def __init__(self, mem: GuestMemory, bus: Bus, disks: list[DiskSpec], snapshot: bool, host: BiosHost) -> None:
         self.mem = mem
         self.host = host
+        self.echo = ConsoleEcho(self._to_console, host.serial_used)
         self.disks: list[Disk] = []
         try:
             for spec, number in number_disks(disks):
@@ -81,7 +80,6 @@ class Bios:
             names = ", ".join(str(d.spec.path) for d in self.disks)
             self.close()
             raise EmuError(f"{NO_BOOTABLE_DISK}: sector 0 of {names} does not end with the boot signature 55 AA")
-        self.echo = ConsoleEcho(self._to_console, host.serial_used)
         self.video = Video(mem, self.echo)
         self.disk_services = DiskServices(mem, self.disks, host.invalidate_code)
         self.system = SystemServices(mem, host.set_a20, host.a20)
@@ -112,8 +110,7 @@ class Bios:
     def close(self) -> None:
         for d in self.disks:
             d.close()
-        if hasattr(self, "echo"):
-            self.echo.close()
+        self.echo.close()
 
     # -- port -----------------------------------------------------------------------------------
     def io_read(self, offset: int, size: int) -> int:

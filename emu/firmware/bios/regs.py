@@ -83,7 +83,8 @@ class Regs:
     @classmethod
     def load(cls, mem: GuestMemory, with_frame: bool = True) -> Regs:
         f = _LAYOUT.unpack(mem.view(layout.BIOS_REGS, _LAYOUT.size))
-        r = cls(*f[:11], service=f[11], retry=bool(f[12]))
+        r = cls(*f[:11])
+        r.service, r.retry = f[11], bool(f[12])
         if with_frame:
             r.flags = mem.read_u16(r.frame)
         return r

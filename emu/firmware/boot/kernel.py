@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 from emu import layout
-from emu.config import BootKind, MachineConfig
+from emu.config import BootKind
 from emu.cpu.state import CpuState
 from emu.errors import EmuError, GuestMemoryError
 from emu.firmware.boot import bzimage, multiboot, pvh, vmlinux, zeropage
@@ -57,14 +58,26 @@ def detect(data: bytes, what: str = "kernel") -> BootKind:
     )
 
 
-def load_kernel(memory: GuestMemory, cfg: MachineConfig, rsdp: int = 0, pci: Sequence[PciRoute] = ()) -> CpuState:
-    """Read --kernel/--initrd/--module, write everything into guest RAM with the MP table (listing
-    the `pci` slots' interrupt wiring), return the entry state.
+def read_inputs(kernel: Path, initrd: Path | None, modules: Sequence[Path], cmdline: str) -> KernelInputs:
+    """Read --kernel, --initrd and every --module (once: a reboot loads them again from memory)."""
+    return KernelInputs(
+        kernel=BootFile(kernel, read_image(kernel, "kernel")),
+        initrd=BootFile(initrd, read_image(initrd, "initrd")) if initrd is not None else None,
+        modules=[BootFile(p, read_image(p, "module")) for p in modules],
+        cmdline=cmdline,
+    )
+
+
+def load_kernel(
+    memory: GuestMemory, inp: KernelInputs, boot: BootKind, rsdp: int = 0, pci: Sequence[PciRoute] = ()
+) -> CpuState:
+    """Write the kernel, initrd and modules into guest RAM with the MP table (listing the `pci`
+    slots' interrupt wiring), entered by protocol `boot` (AUTO: detected); return the entry state.
 
     `rsdp` (ACPI tables already written) goes where the protocol carries it: boot_params.
     acpi_rsdp_addr for bzImage and vmlinux, hvm_start_info.rsdp_paddr for PVH; multiboot has no
     field, so such a kernel finds it by scanning 0xE0000-0xFFFFF, where emu puts it."""
-    state, kind = _load(memory, cfg)
+    state, kind = _load(memory, inp, boot)
     write_mptable(memory, pci=pci)
     if rsdp:
         if kind in (BootKind.BZIMAGE, BootKind.ELF):
@@ -74,16 +87,9 @@ def load_kernel(memory: GuestMemory, cfg: MachineConfig, rsdp: int = 0, pci: Seq
     return state
 
 
-def _load(memory: GuestMemory, cfg: MachineConfig) -> tuple[CpuState, BootKind]:
-    assert cfg.kernel is not None
-    inp = KernelInputs(
-        kernel=BootFile(cfg.kernel, read_image(cfg.kernel, "kernel")),
-        initrd=BootFile(cfg.initrd, read_image(cfg.initrd, "initrd")) if cfg.initrd is not None else None,
-        modules=[BootFile(p, read_image(p, "module")) for p in cfg.modules],
-        cmdline=cfg.cmdline,
-    )
+def _load(memory: GuestMemory, inp: KernelInputs, boot: BootKind) -> tuple[CpuState, BootKind]:
     data, what = inp.kernel.data, inp.what
-    kind = detect(data, what) if cfg.boot is BootKind.AUTO else cfg.boot
+    kind = detect(data, what) if boot is BootKind.AUTO else boot
     if inp.modules and kind not in (BootKind.MULTIBOOT, BootKind.PVH):
         raise EmuError(f"--module applies to multiboot and PVH kernels; {what} is booted as {kind.value}")
     try:

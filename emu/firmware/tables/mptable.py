@@ -98,8 +98,9 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     count += 2
 
     table_addr = base + FLOATING_SIZE
-    fields = (TABLE_SIGNATURE, HEADER_SIZE + len(entries), SPEC_REV, 0, OEM_ID, PRODUCT_ID)
-    fields += (0, 0, count, layout.LAPIC_BASE, 0)  # no OEM table; entry count; local APIC address
+    # No OEM table; the entry count; the local APIC address.
+    fields = (TABLE_SIGNATURE, HEADER_SIZE + len(entries), SPEC_REV, 0, OEM_ID, PRODUCT_ID, 0, 0, count,
+              layout.LAPIC_BASE, 0)  # fmt: skip
     header = bytearray(struct.pack("<4sHBB8s12sIHHII", *fields))
     header[7] = checksum(bytes(header) + bytes(entries))
     # Feature bytes all zero: a configuration table is present, and no IMCR (virtual wire mode).

@@ -30,7 +30,7 @@ CLASS_REVISION = REVISION  # as a dword: class, subclass, prog-if, revision (hig
 MULTI_FUNCTION = 0x80
 
 
-class Status(IntEnum):
+class PciBiosStatus(IntEnum):
     """AH on return; CF is set for everything but SUCCESSFUL."""
 
     SUCCESSFUL = 0x00
@@ -106,7 +106,7 @@ class PciBios:
         except ValueError:
             function = None
         if function is None or not self.present():
-            r.fail(Status.FUNC_NOT_SUPPORTED)  # B104/B105/B10E/B10F and the rest, or no PCI bus
+            r.fail(PciBiosStatus.FUNC_NOT_SUPPORTED)  # B104/B105/B10E/B10F and the rest, or no PCI bus
             return
         if function is Function.INSTALLATION_CHECK:
             r.edx = PCI_SIGNATURE
@@ -117,7 +117,7 @@ class PciBios:
             r.ok()
         elif function is Function.FIND_DEVICE:
             if r.dx == NO_DEVICE:
-                r.fail(Status.BAD_VENDOR_ID)
+                r.fail(PciBiosStatus.BAD_VENDOR_ID)
                 return
             wanted = r.cx << 16 | r.dx
             self._find(r, lambda bus, devfn: self.read(bus, devfn, VENDOR_ID, 4) == wanted)
@@ -125,7 +125,7 @@ class PciBios:
             wanted = r.ecx & 0xFF_FFFF
             self._find(r, lambda bus, devfn: self.read(bus, devfn, CLASS_REVISION, 4) >> 8 == wanted)
         elif function is Function.GENERATE_SPECIAL_CYCLE:
-            r.fail(Status.FUNC_NOT_SUPPORTED)  # as the installation check says (AL bit 4 clear)
+            r.fail(PciBiosStatus.FUNC_NOT_SUPPORTED)  # as the installation check says (AL bit 4 clear)
         elif function in _READS:
             size = _READS[function]
             if not self._register_ok(r, size):
@@ -149,7 +149,7 @@ class PciBios:
     def _register_ok(r: Regs, size: int) -> bool:
         """Registers 0-255, naturally aligned for words and dwords."""
         if r.di >= CONFIG_SIZE or r.di % size:
-            r.fail(Status.BAD_REGISTER_NUMBER)
+            r.fail(PciBiosStatus.BAD_REGISTER_NUMBER)
             return False
         return True
 
@@ -163,4 +163,4 @@ class PciBios:
                     r.ok()
                     return
                 index -= 1
-        r.fail(Status.DEVICE_NOT_FOUND)
+        r.fail(PciBiosStatus.DEVICE_NOT_FOUND)
