@@ -1,5 +1,5 @@
 """The A20 gate masks physical address bit 20 while it is off (Unicorn; KVM cannot, as QEMU under
-KVM cannot either: docs/architecture.md). Both gates a PC has are exercised: port 0x92 and the
+KVM cannot either: docs/architecture/platform.md). Both gates a PC has are exercised: port 0x92 and the
 keyboard controller's output port."""
 
 from __future__ import annotations

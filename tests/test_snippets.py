@@ -161,7 +161,7 @@ EXPECTED: dict[str, Expect] = {
         compare_state=False,  # where the last tick interrupted the wait is timing, not architecture
     ),
     # Under Unicorn a device-requested stop lands at the end of the translation block (see
-    # docs/architecture.md), so the final RIP is not comparable; output and status are.
+    # docs/architecture/backends.md), so the final RIP is not comparable; output and status are.
     "debug_exit": Expect("debug_exit: writing 0x21 to port 0xf4\n", status=(0x21 << 1) | 1, compare_state=False),
     "real_mode_int": Expect(
         "real_mode_int: installing IVT entries for 0x30 and #UD\n"

@@ -1,4 +1,4 @@
-"""Regression tests for the Unicorn engine hazards emu works around (docs/architecture.md,
+"""Regression tests for the Unicorn engine hazards emu works around (docs/architecture/backends.md,
 "Unicorn hazards"): each guest here went wrong before the workaround."""
 
 from __future__ import annotations

@@ -402,7 +402,7 @@ class UnicornBackend(Backend):
     def request_stop(self) -> None:
         """From any thread, never blocks. From one of our hooks the stop lands at the next
         memory access or block start (the instruction that made the request has finished);
-        from elsewhere, at the start of the next translation block (see kick.py)."""
+        from elsewhere, at the start of the next translation block (see exact_stop.py)."""
         self._stop_requested = True
         if threading.get_ident() == self._vcpu_thread and self._in_emu:
             self.uc.emu_stop()

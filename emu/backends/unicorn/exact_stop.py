@@ -1,7 +1,7 @@
 """Exact stops of a running Unicorn requested from other threads.
 
 `uc_emu_stop` from another thread can land after a store inside an instruction and make Unicorn
-run that instruction again on resume (see docs/architecture.md, "Unicorn hazards"). Instead a
+run that instruction again on resume (see docs/architecture/backends.md, "Unicorn hazards"). Instead a
 flag in the native cell is turned into a stop by kick.c's block hook, at the start of the next
 translation block, before any of it has run.
 """

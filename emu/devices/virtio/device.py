@@ -12,7 +12,7 @@ queue notify goes (served inline, or handed to a device thread). Who needs to fo
 state (a device thread's registrations) subscribes to `change_listeners`, which run after every
 transport register write and every reset.
 
-Threads (docs/architecture.md, "virtio threads"): every entry point (transport registers, notify,
+Threads (docs/architecture/virtio-pci.md, "virtio threads"): every entry point (transport registers, notify,
 host-data delivery, reset) runs under `lock`, a per-device reentrant lock. Under KVM a device
 thread (device_thread.py) serves the queues: `process()` drops the lock while `handle()` does the
 host I/O, so the vCPU can read registers meanwhile, and a reset waits for that request to finish.
