@@ -60,6 +60,28 @@ class InterruptPin(Protocol):
         """INTR is pending and the CPU would take it now (IF=1)."""
 
 
+class MsrHandler(Protocol):
+    """A device that owns model-specific registers a backend does not implement itself (under
+    Unicorn: the local APIC's and kvmclock's)."""
+
+    def read_msr(self, msr: int) -> int | None:
+        """The value, or None when the access raises #GP."""
+
+    def write_msr(self, msr: int, value: int) -> bool:
+        """False when the access raises #GP."""
+
+
+class GuestTsc(Protocol):
+    """The TSC the guest reads, for devices that convert between it and time (kvmclock, the
+    local APIC's TSC-deadline timer)."""
+
+    #: Its rate.
+    khz: int
+
+    def read(self) -> int:
+        """The guest's TSC now."""
+
+
 class EventFds(Protocol):
     """Registrations a backend offers so that device threads bypass the vCPU (KVM: ioeventfd
     for a guest's queue notify, resampling irqfd for the device's interrupt line)."""

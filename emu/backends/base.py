@@ -10,7 +10,7 @@ backend class.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from emu.bus import Bus
 from emu.cpu.state import CpuState
 from emu.memory import GuestMemory
-from emu.platform import EventFds, InterruptPin, IrqChip
+from emu.platform import EventFds, GuestTsc, InterruptPin, IrqChip, MsrHandler
 
 if TYPE_CHECKING:
     import unicorn
@@ -104,6 +104,13 @@ class InstructionHooks(Protocol):
         """From a hook: end the run with `exit_` (a code hook's stop lands before its instruction)."""
 
 
+class MsrRouter(Protocol):
+    """MSRs the backend does not implement, sent to emu's devices (Unicorn: the local APIC's and
+    kvmclock's; KVM implements them in the kernel)."""
+
+    def route(self, msrs: Iterable[int], handler: MsrHandler) -> None: ...
+
+
 class GuestDebug(Protocol):
     """Hardware-assisted debugging (KVM_SET_GUEST_DEBUG): single-step and the four debug registers."""
 
@@ -140,6 +147,14 @@ class Backend(abc.ABC):
 
     def virtual_time(self) -> VirtualTime | None:
         """Guest time from executed code (--deterministic), where the backend can count it."""
+        return None
+
+    def msr_router(self) -> MsrRouter | None:
+        """Where emu's devices take over MSRs the backend lacks (Unicorn)."""
+        return None
+
+    def guest_tsc(self) -> GuestTsc | None:
+        """The TSC the guest reads, for emu's own devices that need it (Unicorn)."""
         return None
 
     def event_fds(self) -> EventFds | None:

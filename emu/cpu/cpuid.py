@@ -163,13 +163,26 @@ def _apply_features(leaf: int, regs: Regs, features: frozenset[Feature]) -> Regs
 UNICORN_FEATURES = MODEL_FEATURES & UNICORN_NATIVE
 
 
-def unicorn_table(tsc_khz: int) -> dict[tuple[int, int], Regs]:
+#: With emu's local APIC under Unicorn: the APIC, its x2APIC mode and TSC-deadline timer (their
+#: MSRs reach emu through the MSR intercept), and KVM's paravirtual leaves for kvmclock.
+UNICORN_APIC_EXTRAS = frozenset({F.APIC, F.X2APIC, F.TSC_DEADLINE, F.HYPERVISOR})
+#: The core crystal (CPUID 0x15 ECX), which is also the local APIC timer's input clock.
+CRYSTAL_HZ = 25_000_000
+KVM_SIGNATURE = "KVMKVMKVM\0\0\0"
+KVM_FEATURE_CLOCKSOURCE = 1 << 0
+KVM_FEATURE_CLOCKSOURCE2 = 1 << 3
+KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1 << 24
+
+
+def unicorn_table(tsc_khz: int, *, local_apic: bool = False) -> dict[tuple[int, int], Regs]:
     """Every leaf the Unicorn backend answers; other leaves read as the highest basic leaf
     (as Intel CPUs do). Leaf 0x15 gives the TSC frequency so Linux need not calibrate it
-    against the PIT (the TSC Unicorn returns is the host's)."""
-    feats = UNICORN_FEATURES
+    against the PIT (the TSC Unicorn returns is the host's). With `local_apic` (emu emulates
+    one per vCPU, and kvmclock), the APIC features and KVM's signature and clock leaves."""
+    feats = UNICORN_FEATURES | (UNICORN_APIC_EXTRAS if local_apic else frozenset())
     vendor = _vendor_regs(INTEL_VENDOR)
-    max_basic, max_ext = 0x15, 0x8000_0008
+    max_basic, max_ext = 0x16, 0x8000_0008
+    tsc_mhz = tsc_khz // 1000
     t: dict[tuple[int, int], Regs] = {
         (0, 0): (max_basic, vendor[0], vendor[2], vendor[1]),
         (1, 0): _apply_features(1, (SIGNATURE, 8 << 8, 0, 0), feats),  # CLFLUSH line 8 qwords
@@ -181,7 +194,9 @@ def unicorn_table(tsc_khz: int) -> dict[tuple[int, int], Regs]:
         (4, 3): (0, 0, 0, 0),
         (6, 0): (0x4, 0, 0, 0),  # ARAT
         (7, 0): _apply_features(7, (0, 0, 0, 0), feats),
-        (0x15, 0): (1000, tsc_khz, 1_000_000, 0),  # TSC = 1 MHz crystal * tsc_khz / 1000
+        # TSC = crystal * EBX / EAX; 0x16: base and maximum MHz, bus (crystal) MHz.
+        (0x15, 0): (CRYSTAL_HZ // 1000, tsc_khz, CRYSTAL_HZ, 0),
+        (0x16, 0): (tsc_mhz, tsc_mhz, CRYSTAL_HZ // 1_000_000, 0),
         (0x8000_0000, 0): (max_ext, 0, 0, 0),
         (0x8000_0001, 0): _apply_features(0x8000_0001, (SIGNATURE, 0, 0, 0), feats),
         (0x8000_0005, 0): (0x01FF_01FF, 0x01FF_01FF, 0x4002_0140, 0x4002_0140),
@@ -191,6 +206,11 @@ def unicorn_table(tsc_khz: int) -> dict[tuple[int, int], Regs]:
     }
     for leaf, regs in _brand_leaves().items():
         t[(leaf, 0)] = regs
+    if local_apic:
+        sig = struct.unpack("<III", KVM_SIGNATURE.encode())
+        t[(0x4000_0000, 0)] = (0x4000_0001, *sig)
+        clock = KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_CLOCKSOURCE2 | KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+        t[(0x4000_0001, 0)] = (clock, 0, 0, 0)
     return t
 
 

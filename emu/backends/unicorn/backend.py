@@ -17,10 +17,22 @@ import unicorn
 from unicorn import x86_const as X
 
 from emu import layout
-from emu.backends.base import Backend, Capabilities, Exit, ExitKind, InstructionHooks, TraceEntry, VirtualTime
+from emu.backends.base import (
+    Backend,
+    Capabilities,
+    Exit,
+    ExitKind,
+    InstructionHooks,
+    MsrRouter,
+    TraceEntry,
+    VirtualTime,
+)
+from emu.backends.unicorn import msr_intercept
 from emu.backends.unicorn import rawstate as R
 from emu.backends.unicorn.block_trace import block_trace
 from emu.backends.unicorn.exact_stop import ExactStop
+from emu.backends.unicorn.guest_tsc import UnicornTsc
+from emu.backends.unicorn.msr_intercept import MSR_EXIT, RDMSR, WRMSR, MsrIntercept
 from emu.backends.unicorn.native import NativeHooks
 from emu.backends.unicorn.virtual_time import UnicornVirtualTime
 from emu.bus import Bus
@@ -29,7 +41,7 @@ from emu.cpu.interrupts import Event, EventKind, TripleFault, Unsupported, deliv
 from emu.cpu.state import ALL_SEGMENT_NAMES, CpuState, FpuState, Segment
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
-from emu.platform import InterruptPin
+from emu.platform import GuestTsc, InterruptPin
 
 log = logging.getLogger("emu.unicorn")
 
@@ -77,7 +89,9 @@ class UnicornBackend(Backend):
 
     name = "unicorn"
 
-    def __init__(self, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False) -> None:
+    def __init__(self, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False, local_apic: bool = False) -> None:
+        """`local_apic`: CPUID shows the local APIC, x2APIC, TSC-deadline and kvmclock, which the
+        machine then emulates (their MSRs come through `msr_router()`)."""
         super().__init__(memory, bus)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         R.self_test(self.uc)
@@ -96,7 +110,10 @@ class UnicornBackend(Backend):
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
+        msr_intercept.self_test()
+        self._msrs = MsrIntercept()
         self._map_memory()
+        self._msrs.map_tables(self.uc)
         self._add_hooks()
         self._native = NativeHooks(self.uc)
         self._kick = ExactStop(self._native)
@@ -107,7 +124,8 @@ class UnicornBackend(Backend):
         # measured in executed code, never by host-time threads.
         self._virtual = UnicornVirtualTime(self._native) if virtual_time else None
         self.tsc_khz = self._virtual.tsc_khz if self._virtual is not None else host_tsc_khz()
-        self._cpuid = cpuid.unicorn_table(self.tsc_khz)
+        self._cpuid = cpuid.unicorn_table(self.tsc_khz, local_apic=local_apic)
+        self._tsc = UnicornTsc(self.tsc_khz, self._virtual)
         if self._virtual is not None:
             # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
             rdtscp = cpuid.Feature.RDTSCP
@@ -126,6 +144,12 @@ class UnicornBackend(Backend):
 
     def virtual_time(self) -> VirtualTime | None:
         return self._virtual
+
+    def msr_router(self) -> MsrRouter:
+        return self._msrs
+
+    def guest_tsc(self) -> GuestTsc:
+        return self._tsc
 
     def block_trace(self) -> list[TraceEntry]:
         """The translation blocks the guest started most recently, oldest first (kick.c's ring),
@@ -183,6 +207,9 @@ class UnicornBackend(Backend):
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
         raw = R.RawContext.save(uc)
+        if intno == MSR_EXIT:
+            self._on_msr(raw)
+            return
         if raw.i32(R.OFF_EXCEPTION_IS_INT):
             # PC already points past `int n` / int3 / into.
             opcode = self._peek_byte_before(raw)
@@ -192,6 +219,21 @@ class UnicornBackend(Backend):
             err = raw.u32(R.OFF_ERROR_CODE) if intno in x86.ERROR_CODE_VECTORS else None
             ev = Event(intno, EventKind.EXCEPTION, err, raw.cr(2) if intno == 14 else None)
         self._deliver(raw, ev)
+
+    def _on_msr(self, raw: R.RawContext) -> None:
+        """An intercepted rdmsr/wrmsr (msr_intercept.py): RIP is at the instruction."""
+        rip = raw.u64(R.OFF_EIP)
+        opcode = self._code_at(raw, 2)
+        if opcode not in (RDMSR, WRMSR):  # cannot happen: only these two exit this way
+            self._stop_with(Exit(ExitKind.ERROR, f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
+            return
+        if not self._msrs.access(self.uc, write=opcode == WRMSR):
+            self._deliver(R.RawContext.save(self.uc), Event(13, EventKind.EXCEPTION, 0))
+            return
+        raw = R.RawContext.save(self.uc)  # the handler wrote RAX/RDX
+        raw.set_u64(R.OFF_EIP, rip + 2)
+        raw.set_u64(R.OFF_EXCEPTION_NEXT_EIP, rip + 2)  # where Unicorn resumes after this hook
+        raw.restore(self.uc)
 
     def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> bool:
         leaf = uc.reg_read(X.UC_X86_REG_EAX)
@@ -251,6 +293,18 @@ class UnicornBackend(Backend):
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
         self._deliver(R.RawContext.save(uc), Event(6, EventKind.EXCEPTION))
         return True
+
+    def _code_at(self, raw: R.RawContext, size: int) -> bytes:
+        """`size` code bytes at RIP through the guest's paging (empty when unmapped)."""
+        linear = self._linear_pc(raw)
+        regs = paging.PagingRegs(raw.cr(0), raw.cr(3), raw.cr(4), raw.u64(R.OFF_EFER))
+        out = b""
+        try:
+            for i in range(size):
+                out += bytes([self.memory.read_u8(paging.translate(self.memory, regs, linear + i))])
+        except (paging.PageFault, GuestMemoryError):
+            return b""
+        return out
 
     def _peek_byte_before(self, raw: R.RawContext) -> int:
         """The code byte just before RIP (through the guest's paging), or -1."""
@@ -525,6 +579,7 @@ class UnicornBackend(Backend):
         raw.set_u64(R.OFF_DR + 48, state.dr6)
         raw.set_u64(R.OFF_DR + 56, state.dr7)
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)
+        self._msrs.arm(raw)
         raw.commit(uc, state.rflags)
         uc.reg_write(X.UC_X86_REG_CR8, state.cr8)
         for m, v in state.msrs.items():

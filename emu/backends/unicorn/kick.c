@@ -86,3 +86,10 @@ int emu_rdtsc_hook(void *uc, void *user_data)
     kick->regs[2] = tsc >> 32;
     return 1;
 }
+
+/* The host's TSC, which Unicorn's rdtsc returns outside virtual time: kvmclock pairs it with the
+ * host clock. */
+uint64_t emu_host_rdtsc(void)
+{
+    return __builtin_ia32_rdtsc();
+}

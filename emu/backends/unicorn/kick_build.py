@@ -17,6 +17,7 @@ struct emu_kick {
 #define EMU_BYTES_PER_NS 4
 void emu_kick_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
 int emu_rdtsc_hook(void *uc, void *user_data);
+uint64_t emu_host_rdtsc(void);
 """
 
 ffi = FFI()

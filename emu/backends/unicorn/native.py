@@ -63,6 +63,11 @@ class NativeHooks:
         return int(lib.EMU_TRACE_LEN)
 
 
+def host_rdtsc() -> int:
+    """The host's TSC (what Unicorn's rdtsc returns outside virtual time)."""
+    return int(lib.emu_host_rdtsc())
+
+
 def find_env_address(uc: unicorn.Uc) -> int | None:
     """Where the engine keeps its CPUX86State (uc->cpu->env_ptr), so the block hook can read the
     live hflags with one load. Unicorn has no API for it: scan the uc_struct for a pointer to a

@@ -44,6 +44,10 @@ OFF_EXCEPTION_IS_INT = 5388  # i32
 OFF_EXCEPTION_NEXT_EIP = 5392  # u64
 OFF_DR = 5400  # dr[0..7]
 OFF_OLD_EXCEPTION = 5496  # i32; Unicorn bug #1883: never reset, so emu resets it per delivery
+# QEMU's SVM state, which follows old_exception: emu runs the guest as an SVM guest whose only
+# intercept is MSR access, so rdmsr/wrmsr of chosen MSRs reach Python (msr_intercept.py).
+OFF_VM_VMCB = 5504  # u64: the VMCB's physical address
+OFF_INTERCEPT = 5520  # u64: intercept bits, SVM exit code - 0x60 each
 
 # QEMU's segment order in segs[].
 QEMU_SEG_ORDER = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -59,6 +63,7 @@ HF_MP_EM_TS = 7 << 9
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
 HF_SVME = 1 << 20
+HF_GUEST = 1 << 21  # running as an SVM guest: intercepts apply
 HF_OSFXSR = 1 << 22
 HF_SMAP = 1 << 23
 # Bits emu computes; everything else in hflags (SMM, SVMI, MPX, IOBPT) is left as Unicorn has it.

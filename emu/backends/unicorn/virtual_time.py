@@ -37,6 +37,10 @@ class UnicornVirtualTime:
     def now_ns(self) -> int:
         return int(self._cell.code_bytes) // BYTES_PER_NS + int(self._cell.idle_ns)
 
+    def tsc(self) -> int:
+        """The guest's TSC now: what kick.c's rdtsc hook returns."""
+        return self.now_ns() * self.tsc_khz // 1_000_000
+
     def skip_to(self, ns: int) -> None:
         now = self.now_ns()
         if ns > now:

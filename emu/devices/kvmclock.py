@@ -1,0 +1,96 @@
+"""kvmclock, KVM's paravirtual clock, kept by emu for backends without one (Unicorn).
+
+A guest that finds KVM's CPUID signature with the clocksource features writes the guest-physical
+address of a `pvclock_vcpu_time_info` to MSR_KVM_SYSTEM_TIME_NEW (bit 0: enable) and of a
+`pvclock_wall_clock` to MSR_KVM_WALL_CLOCK_NEW. It then reads time without exits: system_time
+plus the TSC ticks since tsc_timestamp, scaled by tsc_to_system_mul and tsc_shift. emu fills the
+structures once, from one reading of the guest TSC and the machine clock taken together; both
+run at fixed rates (the host's, or virtual time's), so the guest's kvmclock agrees with the PIT,
+the HPET and the PM timer, and the stable bit is honest.
+
+Layouts and MSR numbers: Linux's Documentation/virt/kvm/x86/msr.rst (pvclock ABI).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from fractions import Fraction
+
+from emu.errors import GuestMemoryError
+from emu.memory import GuestMemory
+from emu.platform import GuestTsc
+from emu.timers import Clock
+
+log = logging.getLogger("emu.kvmclock")
+
+MSR_KVM_WALL_CLOCK = 0x11
+MSR_KVM_SYSTEM_TIME = 0x12
+MSR_KVM_WALL_CLOCK_NEW = 0x4B56_4D00
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B56_4D01
+MSRS = (MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW)
+
+PVCLOCK_TSC_STABLE_BIT = 1 << 0
+_TIME_INFO = struct.Struct("<IIQQIbB2x")  # version, pad, tsc_timestamp, system_time, mul, shift, flags
+_WALL_CLOCK = struct.Struct("<III")  # version, sec, nsec
+_NS = 1_000_000_000
+
+
+def time_scale(tsc_khz: int) -> tuple[int, int]:
+    """(tsc_to_system_mul, tsc_shift) with ns = ((ticks << shift, or >> -shift) * mul) >> 32: the
+    smallest shift that keeps mul below 2^32, so mul keeps the most precision."""
+    ns_per_tick = Fraction(1_000_000, tsc_khz)
+    shift = 0
+    while Fraction(2) ** shift <= ns_per_tick:
+        shift += 1
+    while Fraction(2) ** (shift - 1) > ns_per_tick:
+        shift -= 1
+    return int(ns_per_tick * 2**32 / Fraction(2) ** shift), shift
+
+
+class KvmClock:
+    """The kvmclock MSRs (emu.platform.MsrHandler) and the structures they point at."""
+
+    def __init__(self, memory: GuestMemory, clock: Clock, tsc: GuestTsc, *, epoch: float | None = None) -> None:
+        """`epoch`: the wall-clock time (Unix seconds) at clock time 0 of a deterministic run; None:
+        the host's time now."""
+        self._memory = memory
+        self._clock = clock
+        self._tsc = tsc
+        self._start_ns = clock.now_ns()  # system_time counts from here: the guest's uptime
+        self._wall_at_start = round(epoch * _NS) + self._start_ns if epoch is not None else time.time_ns()
+        self._mul, self._shift = time_scale(tsc.khz)
+        self._msrs = dict.fromkeys(MSRS, 0)
+
+    @property
+    def scale(self) -> tuple[int, int]:
+        return self._mul, self._shift
+
+    def read_msr(self, msr: int) -> int | None:
+        return self._msrs.get(msr)
+
+    def write_msr(self, msr: int, value: int) -> bool:
+        if msr not in self._msrs:
+            return False
+        self._msrs[msr] = value
+        if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW) and value & 1:
+            self._write(value & ~0x1F, self._time_info(), "system time")  # 32-byte aligned
+        elif msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
+            wall = self._wall_at_start - self._start_ns  # wall-clock time at system_time 0
+            self._write(value, _WALL_CLOCK.pack(2, wall // _NS, wall % _NS), "wall clock")
+        return True
+
+    def reset(self) -> None:
+        self._msrs = dict.fromkeys(MSRS, 0)
+
+    def _time_info(self) -> bytes:
+        tsc, ns = self._tsc.read(), self._clock.now_ns()
+        # An even version: the guest reads a consistent copy (emu writes while the vCPU is stopped).
+        return _TIME_INFO.pack(2, 0, tsc, ns - self._start_ns, self._mul, self._shift, PVCLOCK_TSC_STABLE_BIT)
+
+    def _write(self, addr: int, data: bytes, what: str) -> None:
+        try:
+            self._memory.write(addr, data)
+        except GuestMemoryError:
+            log.debug("kvmclock %s at %#x is outside guest RAM: ignored", what, addr)
