@@ -31,8 +31,16 @@ KVM_PRIVATE_END = 0xFF00_0000
 
 # Physical address space a backend maps (RAM plus an all-ones MMIO catch-all); beyond it, faults.
 PHYS_ADDR_LIMIT = 1 << 36
+# Unicorn's MSR intercept tables (emu/backends/unicorn/msr_intercept.py), served from Python just
+# above the guest's physical address space: no page table of the guest can reach them.
+UNICORN_VMCB_ADDR = PHYS_ADDR_LIMIT
+UNICORN_MSRPM_ADDR = PHYS_ADDR_LIMIT + 0x2000
+UNICORN_INTERCEPT_SIZE = 0x4000
 
 IOAPIC_BASE = 0xFEC0_0000
+IOAPIC_SIZE = 0x1000  # one page decoded: IOREGSEL at +0x00, IOWIN at +0x10, the rest reads 0
+HPET_BASE = 0xFED0_0000  # the address PC chipsets and QEMU use (ACPI HPET table, HPET number 0)
+HPET_SIZE = 0x400  # one event timer block: 1 KiB of registers (IA-PC HPET spec 2.3)
 LAPIC_BASE = 0xFEE0_0000
 
 # Smallest guest we accept: real-mode area plus the 1 MiB of firmware and boot structures.
@@ -115,6 +123,13 @@ PORT_PIT = 0x40
 PORT_SYSCTL_B = 0x61  # "NMI status and control": gate 2, speaker, refresh toggle, OUT2
 PIT_HZ = 1_193_182
 IRQ_PIT = 0
+# The IOAPIC pin ISA IRQ 0 (the PIT, HPET timer 0 in legacy replacement mode) arrives on, as the MP
+# table and the MADT say. 0: KVM's default GSI routing (GSI n -> pin n, what emu's KVM backend
+# uses); 2 would be the MP spec's default PC wiring and QEMU's, announced by an override.
+IOAPIC_IRQ0_PIN = 0
+# IOAPIC pins an HPET timer may be routed to outside legacy replacement mode (Tn_INT_ROUTE_CAP):
+# above the ISA range, where no emulated device and no 8259 input sits.
+HPET_IRQ_PINS = (20, 21, 22, 23)
 # MC146818 RTC and CMOS RAM: index port (bit 7 masks NMI), data port; periodic/alarm/update on IRQ 8.
 PORT_CMOS_INDEX = 0x70
 PORT_CMOS_DATA = 0x71

@@ -21,8 +21,11 @@ from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.acpi_pm import AcpiPm
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
+from emu.devices.hpet import Hpet
 from emu.devices.i8042 import I8042, SystemControlA
 from emu.devices.irqchip import EmuIrqChip
+from emu.devices.kvmclock import MSRS as KVMCLOCK_MSRS
+from emu.devices.kvmclock import KvmClock
 from emu.devices.pci.host import PciHost
 from emu.devices.pit import Pit
 from emu.devices.serial import Serial16550A
@@ -95,6 +98,9 @@ class OutputTap:
 
 
 H = TypeVar("H")
+#: CPUID shows emu's local APIC (and kvmclock) under Unicorn. Off while Linux in APIC mode still
+#: faults under it (docs/architecture/platform.md, "Local APIC under Unicorn").
+LOCAL_APIC_UNDER_UNICORN = True
 H_co = TypeVar("H_co", covariant=True)
 
 
@@ -130,7 +136,8 @@ def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_ti
     from emu.backends.unicorn import UnicornBackend
 
     try:
-        return UnicornBackend(memory, bus, virtual_time=virtual_time)
+        # emu emulates a local APIC (and kvmclock) for it: CPUID says so.
+        return UnicornBackend(memory, bus, virtual_time=virtual_time, local_apic=LOCAL_APIC_UNDER_UNICORN)
     except BackendUnavailable as e:
         raise HostError(str(e)) from None
 
@@ -213,25 +220,49 @@ class Machine:
         chip = self.backend.kernel_irqchip()
         if chip is not None:
             return chip
-        pin = self.backend.interrupt_pin()
-        if pin is None:
+        pin, msrs = self.backend.interrupt_pin(), self.backend.msr_router()
+        if pin is None or msrs is None:
             raise HostError(f"the {self.backend.name} backend has neither interrupt controllers nor an INTR pin")
-        return EmuIrqChip(self.bus, pin)
+        return EmuIrqChip(self.bus, pin, self.timers, msrs, self.backend.guest_tsc())
 
     def irq_line(self, gsi: int) -> IrqLine:
         """Interrupt line `gsi` of the machine's controllers, for a device to raise and lower."""
         return functools.partial(self.set_irq, gsi)
 
+    def _legacy_timer_line(self, gsi: int) -> IrqLine:
+        """The PIT's IRQ 0 or the RTC's IRQ 8: cut off while the HPET's legacy replacement
+        routes its own timers there (IA-PC HPET spec 2.4)."""
+
+        def line(level: bool) -> None:
+            if not self._hpet_legacy:
+                self.set_irq(gsi, level)
+
+        return line
+
+    def _set_hpet_legacy(self, enabled: bool) -> None:
+        self._hpet_legacy = enabled
+        if enabled and self.backend.capabilities.in_kernel_pit:
+            log.debug("HPET legacy replacement: KVM's in-kernel PIT is not cut off from IRQ 0")
+
     def _add_devices(self) -> None:
+        self._hpet_legacy = False
         if not self.backend.capabilities.in_kernel_pit:
-            pit = Pit(self.timers, irq0=self.irq_line(layout.IRQ_PIT))
+            pit = Pit(self.timers, irq0=self._legacy_timer_line(layout.IRQ_PIT))
             pit.register(self.bus)  # with port 0x61
             self.devices.append(pit)
-        # The RTC is never in the kernel.
-        self.cmos = Cmos(self.timers, irq8=self.irq_line(layout.IRQ_RTC), memory_size=self.cfg.mem,
-                         epoch=FIXED_EPOCH if self._virtual is not None else None)  # fmt: skip
+        # The RTC and the HPET are never in the kernel.
+        epoch = FIXED_EPOCH if self._virtual is not None else None
+        self.cmos = Cmos(self.timers, irq8=self._legacy_timer_line(layout.IRQ_RTC), memory_size=self.cfg.mem,
+                         epoch=epoch)  # fmt: skip
         self.cmos.register(self.bus)
-        self.devices.append(self.cmos)
+        self.hpet = Hpet(self.timers, self.irq_line, on_legacy=self._set_hpet_legacy)
+        self.hpet.register(self.bus)
+        self.devices += [self.cmos, self.hpet]
+        msrs, tsc = self.backend.msr_router(), self.backend.guest_tsc()
+        if msrs is not None and tsc is not None:  # a backend without KVM's own kvmclock
+            kvmclock = KvmClock(self.memory, self.clock, tsc, epoch=epoch)
+            msrs.route(KVMCLOCK_MSRS, kvmclock)
+            self.devices.append(kvmclock)
         self.serial = Serial16550A(irq=self.irq_line(layout.IRQ_COM1), output=self.serial_out)
         self.serial.register(self.bus)
         self.i8042 = I8042(
@@ -300,9 +331,8 @@ class Machine:
     def _acpi_config(self) -> AcpiConfig:
         slot = layout.VIRTIO_MMIO_SLOT_SIZE
         mmio = [MmioDevice(d.base, slot, d.irq) for d in self.virtio if isinstance(d, VirtioMmio)]
-        # A MADT only where there is a local APIC (KVM's in-kernel irqchip); Unicorn stays in PIC mode.
-        lapic = self.irqchip.local_apic
-        return AcpiConfig(lapic=lapic, mmio_devices=tuple(mmio), pci_intx=tuple(self.pci.routes()))
+        return AcpiConfig(lapic=self.irqchip.local_apic, hpet=True, mmio_devices=tuple(mmio),
+                          pci_intx=tuple(self.pci.routes()))  # fmt: skip
 
     def _reboot(self) -> None:
         self.resets += 1

@@ -8,7 +8,7 @@ controller drives, and the event-fd registrations a backend may offer to device 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 #: One interrupt line as a device sees it: call with True to raise it, False to lower it.
@@ -59,6 +59,16 @@ class InterruptPin(Protocol):
     def accepts_interrupt(self) -> bool:
         """INTR is pending and the CPU would take it now (IF=1)."""
 
+    def nmi(self) -> None:
+        """An NMI for this CPU (any thread, never blocks)."""
+
+    def init(self) -> None:
+        """INIT: the CPU resets; a bootstrap processor starts again at the reset vector, an
+        application processor waits for STARTUP."""
+
+    def startup(self, vector: int) -> None:
+        """STARTUP (SIPI): a CPU waiting for it starts in real mode at vector << 12."""
+
 
 class MsrHandler(Protocol):
     """A device that owns model-specific registers a backend does not implement itself (under
@@ -69,6 +79,13 @@ class MsrHandler(Protocol):
 
     def write_msr(self, msr: int, value: int) -> bool:
         """False when the access raises #GP."""
+
+
+class MsrRouter(Protocol):
+    """MSRs a backend does not implement, sent to emu's devices (Unicorn: the local APIC's and
+    kvmclock's; KVM implements them in the kernel)."""
+
+    def route(self, msrs: Iterable[int], handler: MsrHandler) -> None: ...
 
 
 class GuestTsc(Protocol):

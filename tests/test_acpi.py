@@ -35,10 +35,20 @@ DEVICES = (acpi.MmioDevice(0xD000_0000, 0x1000, 5), acpi.MmioDevice(0xD000_1000,
 INTX = (IntxRoute(1, 1, 15), IntxRoute(2, 1, 9))
 
 
-def _tables(lapic: bool) -> dict[bytes, tuple[int, bytes]]:
+def _tables(lapic: bool, cpus: int = 1, hpet: bool = False, irq0_pin: int = 0) -> dict[bytes, tuple[int, bytes]]:
     """{signature: (address, bytes)} of one build (the RSDP under b"RSD ")."""
-    built = acpi.build(acpi.AcpiConfig(lapic=lapic, mmio_devices=DEVICES, pci_intx=INTX))
+    cfg = acpi.AcpiConfig(cpus=cpus, lapic=lapic, hpet=hpet, irq0_pin=irq0_pin, mmio_devices=DEVICES, pci_intx=INTX)
+    built = acpi.build(cfg)
     return {data[:4]: (addr, data) for addr, data in built.items()}
+
+
+def _madt_entries(madt: bytes) -> list[bytes]:
+    entries, pos = [], 44
+    while pos < len(madt):
+        entries.append(madt[pos : pos + madt[pos + 1]])
+        pos += madt[pos + 1]
+    assert pos == len(madt)
+    return entries
 
 
 # -- AML encoder ----------------------------------------------------------------------------------
@@ -113,6 +123,46 @@ def test_checksums_pointers_and_fadt_fields(lapic: bool) -> None:
     assert struct.unpack_from("<BBBBQ", f, 208) == (1, 32, 0, 0, pm + 8)  # X_PM_TMR_BLK in I/O space
 
 
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_madt_lists_every_cpu_the_ioapic_and_the_overrides(cpus: int) -> None:
+    madt = _tables(lapic=True, cpus=cpus)[b"APIC"][1]
+    assert madt[8] == acpi.MADT_REVISION and sum(madt) & 0xFF == 0
+    assert struct.unpack_from("<II", madt, 36) == (layout.LAPIC_BASE, 1)  # PCAT_COMPAT: 8259s present
+    entries = _madt_entries(madt)
+    lapics = [struct.unpack("<BBBBI", e) for e in entries if e[0] == 0]
+    assert lapics == [(0, 8, cpu, cpu, 1) for cpu in range(cpus)]  # UID, APIC ID, enabled
+    (io,) = [struct.unpack("<BBBBII", e) for e in entries if e[0] == 1]
+    assert io == (1, 12, cpus + 1, 0, layout.IOAPIC_BASE, 0)  # the MP table's IOAPIC id, GSI base 0
+    isos = [struct.unpack("<BBBBIH", e) for e in entries if e[0] == 2]
+    assert isos == [(2, 10, 0, 3, 3, 0xD)]  # the SCI: level, active high; IRQ 0 stays on pin 0
+    nmis = [struct.unpack("<BBBHB", e) for e in entries if e[0] == 4]
+    assert nmis == [(4, 6, 0xFF, 0, 1)]  # LINT1 of every processor
+    assert [e[0] for e in entries] == [0] * cpus + [1, 2, 4]
+
+
+def test_madt_irq0_override_to_gsi_2() -> None:
+    madt = _tables(lapic=True, irq0_pin=2)[b"APIC"][1]
+    isos = [struct.unpack("<BBBBIH", e) for e in _madt_entries(madt) if e[0] == 2]
+    assert isos == [(2, 10, 0, 0, 2, 0), (2, 10, 0, 3, 3, 0xD)]  # ISA IRQ 0 -> GSI 2, conforming
+    with pytest.raises(EmuError, match="cannot share GSI 9"):
+        acpi.build(acpi.AcpiConfig(lapic=True, irq0_pin=9, pci_intx=INTX))
+
+
+def test_hpet_table() -> None:
+    t = _tables(lapic=True, hpet=True)
+    addr, table = t[b"HPET"]
+    assert len(table) == 56 and table[8] == 1 and sum(table) & 0xFF == 0
+    block_id, gas, number, min_tick, protection = struct.unpack_from("<I12sBHB", table, 36)
+    assert block_id == 0x8086_A201  # vendor 8086, LEG_RT_CAP, 64-bit counter, 3 comparators, rev 1
+    assert struct.unpack("<BBBBQ", gas) == (0, 64, 0, 0, layout.HPET_BASE)  # system memory
+    assert (number, min_tick, protection) == (0, 1000, 0)
+    x = t[b"XSDT"][1]
+    assert addr in {struct.unpack_from("<Q", x, off)[0] for off in range(36, len(x), 8)}
+    r = t[b"RSDT"][1]
+    assert addr in {struct.unpack_from("<I", r, off)[0] for off in range(36, len(r), 4)}
+    assert b"HPET" not in _tables(lapic=True)
+
+
 def test_table_area_overflow_is_one_error() -> None:
     many = tuple(acpi.MmioDevice(0xD000_0000 + i * 0x1000, 0x1000, 5) for i in range(1000))
     with pytest.raises(EmuError, match="ACPI area holds"):
@@ -131,9 +181,9 @@ def _iasl() -> str:
 
 def test_iasl_disassembles_every_table(tmp_path: Path) -> None:
     iasl = _iasl()
-    t = _tables(lapic=True)
+    t = _tables(lapic=True, hpet=True, cpus=4, irq0_pin=2)
     text = {}
-    for sig in (b"DSDT", b"FACP", b"APIC", b"XSDT", b"RSDT", b"FACS"):
+    for sig in (b"DSDT", b"FACP", b"APIC", b"HPET", b"XSDT", b"RSDT", b"FACS"):
         dat = tmp_path / f"{sig.decode().lower()}.dat"
         dat.write_bytes(t[sig][1])
         p = subprocess.run([iasl, "-d", str(dat)], capture_output=True, text=True, timeout=60)
@@ -154,6 +204,9 @@ def test_iasl_disassembles_every_table(tmp_path: Path) -> None:
     assert "Hardware Reduced (V5) : 0" in text[b"FACP"]
     assert "PC-AT Compatibility : 1" in text[b"APIC"] and "Address : FEC00000" in text[b"APIC"]
     assert "Trigger Mode : 3" in text[b"APIC"]  # the SCI override: level
+    assert text[b"APIC"].count("[Processor Local APIC]") == 4 and "Interrupt : 00000002" in text[b"APIC"]
+    assert "Hardware Block ID : 8086A201" in text[b"HPET"] and "Address : 00000000FED00000" in text[b"HPET"]
+    assert "Minimum Clock Ticks : 03E8" in text[b"HPET"]
 
 
 # -- PM registers ----------------------------------------------------------------------------------

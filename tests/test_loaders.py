@@ -213,8 +213,8 @@ def test_bzimage32_entry_follows_the_32bit_boot_protocol(boot) -> None:
     assert not s.rflags & x86.FLAG_IF and not s.paging
 
 
-def test_mptable_layout() -> None:
-    blob = mptable.build(0x9FC00)
+def mptable_entries(blob: bytes) -> list[bytes]:
+    """The configuration table's entries, after checking both headers."""
     fp, table = blob[:16], blob[16:]
     assert fp[:4] == b"_MP_" and sum(fp) % 256 == 0 and fp[8:10] == b"\x01\x04"
     assert struct.unpack_from("<I", fp, 4)[0] == 0x9FC10
@@ -225,7 +225,13 @@ def test_mptable_layout() -> None:
         size = 20 if table[pos] == 0 else 8
         entries.append(table[pos : pos + size])
         pos += size
-    assert count == len(entries) == 1 + 1 + 1 + 24 + 2
+    assert count == len(entries)
+    return entries
+
+
+def test_mptable_layout() -> None:
+    entries = mptable_entries(mptable.build(0x9FC00))
+    assert len(entries) == 1 + 1 + 1 + 24 + 2
     types = [e[0] for e in entries]
     assert types == sorted(types)  # the spec's order: processors, buses, IOAPICs, I/O ints, local ints
     assert entries[0][1] == 0 and entries[0][3] == 0x3  # APIC id 0, enabled BSP
@@ -235,6 +241,24 @@ def test_mptable_layout() -> None:
     assert irqs == [(n, 2, n) for n in range(24)]
     lints = [(e[1], e[6], e[7]) for e in entries if e[0] == 4]
     assert lints == [(3, 0, 0), (1, 0xFF, 1)]  # ExtINT -> LINT0, NMI -> LINT1 of every APIC
+
+
+def test_mptable_with_four_cpus() -> None:
+    entries = mptable_entries(mptable.build(0x9FC00, cpus=4))
+    cpus = [(e[1], e[2], e[3], *struct.unpack_from("<II", e, 4)) for e in entries if e[0] == 0]
+    assert cpus == [(n, 0x14, 0x3 if n == 0 else 0x1, 0x600, 0x201) for n in range(4)]  # only CPU 0 is the BSP
+    (ioapic,) = [e for e in entries if e[0] == 2]
+    assert (ioapic[1], ioapic[2], ioapic[3]) == (5, 0x11, 1)  # id cpus + 1, version 0x11, usable
+    assert [(e[5], e[6], e[7]) for e in entries if e[0] == 3] == [(n, 5, n) for n in range(24)]
+    assert len(entries) == 4 + 1 + 1 + 24 + 2
+
+
+def test_mptable_irq0_on_pin_2() -> None:
+    entries = mptable_entries(mptable.build(0x9FC00, irq0_pin=2))
+    irqs = [(e[5], e[7]) for e in entries if e[0] == 3]
+    assert irqs == [(0, 2), (1, 1)] + [(n, n) for n in range(3, 24)]  # no entry for IRQ 2, the cascade
+    with pytest.raises(EmuError, match="pin 24"):
+        mptable.build(0x9FC00, irq0_pin=24)
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -176,7 +176,127 @@ EXPECTED: dict[str, Expect] = {
         mode=None,
         compare_state=False,  # what a CPU holds after a shutdown is not architectural
     ),
+    # The APIC snippets (tests/guests/snippets/apic.inc). Times are measured against PIT channel 1
+    # and printed only as pass/fail of +-30% ranges; the timer's input clock is measured, never
+    # assumed (KVM: 1 GHz; emu under Unicorn: CPUID 0x15's 25 MHz crystal). lapic_timer, x2apic
+    # and ioapic_pit were checked on this host's KVM; apic_priority and apic_eoi_level, which
+    # PVM cannot run (pvm_differs), against QEMU 7.2 TCG (pin 4 as here; its IOAPIC is version
+    # 0x20, not the 82093AA's 0x11, which those two do not print).
+    "lapic_timer": Expect(
+        "lapic_timer: long mode, 8259s masked\n"
+        "IA32_APIC_BASE: fee00900\n"  # base 0xFEE00000, EN, BSP
+        "at reset: svr=000000ff lvt timer=00010000\n"
+        "apic id 00, version 14\n"
+        "max lvt entry >= 5: ok\n"
+        "timer clock measured against the PIT (100 kHz .. 10 GHz): ok\n"
+        "CPUID 0x15 crystal and TSC ratio agree with it (where reported): ok\n"
+        "one-shot: current count runs down: ok\n"
+        "one-shot: woke from hlt after 20 ms +- 30%: ok\n"
+        "one-shot: exactly one interrupt: ok\n"
+        "one-shot: current count reads 0 after it fired: ok\n"
+        "masked one-shot: runs out without an interrupt: ok\n"
+        "periodic: 10 interrupts in 100 ms +- 30%: ok\n"
+        "periodic: current count reloads: ok\n"
+        "periodic: initial count 0 stops it, no more interrupts: ok\n"
+        "tsc-deadline: supported\n"
+        "tsc-deadline: initial count ignored, current count 0: ok\n"
+        "tsc-deadline: IA32_TSC_DEADLINE reads back: ok\n"
+        "tsc-deadline: woke from hlt after 20 ms +- 30%: ok\n"
+        "tsc-deadline: one interrupt, then the MSR reads 0: ok\n"
+        "tsc-deadline: writing 0 disarms: ok\n"
+        "tsc-deadline: a deadline in the past fires at once\n"
+        "tsc-deadline: leaving the mode disarms: ok\n"
+        "no stray interrupts\n"
+        "lapic_timer: done\n",
+        mode=Mode.LONG,
+        compare_state=False,  # registers hold clock readings
+    ),
+    "x2apic": Expect(
+        "x2apic: long mode, 8259s masked\n"
+        "x2apic: supported\n"
+        "xAPIC mode: rdmsr of the x2APIC ID raises #GP(0): ok\n"
+        "IA32_APIC_BASE: fee00d00\n"  # EN | EXTD | BSP
+        "x2apic id 00000000, ldr 00000001\n"
+        "ldr derived from the id: ok\n"
+        "version 14\n"
+        "max lvt entry >= 5: ok\n"
+        "svr kept from xAPIC mode: 000001ff\n"
+        "SELF IPI 0x41: pending in IRR while IF=0: ok\n"
+        "SELF IPI 0x41: handled once after sti; hlt, IRR clear: ok\n"
+        "ICR shorthand self, vector 0x42: handled once: ok\n"
+        "ICR to our own ID, vector 0x43: handled once: ok\n"
+        "ICR shorthand all including self, vector 0x44: handled once: ok\n"
+        "ICR reads back the last command (64 bits, no delivery status): ok\n"
+        "ESR reads 0: ok\n"
+        "rdmsr of 0x831 (no such register) raises #GP(0): ok\n"
+        "wrmsr of a non-zero value to the ESR raises #GP(0): ok\n"
+        "wrmsr to the read-only x2APIC ID raises #GP(0), ID kept: ok\n"
+        "x2APIC -> xAPIC directly (EXTD cleared, EN set) raises #GP(0), mode kept: ok\n"
+        "EXTD without EN (invalid) raises #GP(0), mode kept: ok\n"
+        "x2APIC -> disabled -> xAPIC: IA32_APIC_BASE fee00900, version via MMIO 14\n"
+        "no #GP on the way: ok\n"
+        "no stray interrupts\n"
+        "x2apic: done\n",
+        mode=Mode.LONG,
+    ),
+    "ioapic_pit": Expect(
+        "ioapic_pit: long mode, 8259s masked\n"
+        "ioapic version register: 00170011\n"  # 82093AA: version 0x11, 24 entries
+        "pit pin masked at reset: ok\n"
+        "pit pin programmed: 00000000 00010042\n"  # high (destination 0), low (masked, vector 0x42)
+        "woke from hlt on vector 42\n"
+        "20 ticks in 200 ms +- 30%: ok\n"
+        "pit pin while ticking: 00000042\n"
+        "pin masked: no tick in 50 ms: ok\n"
+        "no stray interrupts\n"
+        "ioapic_pit: done\n",
+        mode=Mode.LONG,
+        compare_state=False,  # registers hold clock readings
+    ),
+    "apic_priority": Expect(
+        "apic_priority: long mode, 8259s masked\n"
+        "in 0x51: ISR 00000000:00020000 PPR 50\n"  # ISR 0x60-0x7F : 0x40-0x5F
+        "in 0x61 nested in 0x51: ISR 00000002:00020000 PPR 60\n"
+        "back in 0x51 after 0x61's EOI: ISR 00000000:00020000 IRR 00040000\n"  # 0x52 waits
+        "handlers in order: 51 61 52\n"
+        "afterwards: nothing in service or pending: ok\n"
+        "TPR 70: PPR 70\n"
+        "TPR 70: 0x61 stays pending: ok\n"
+        "TPR 0: 0x61 delivered: ok\n"
+        "no stray interrupts\n"
+        "apic_priority: done\n",
+        mode=Mode.LONG,
+        pvm_differs="PVM keeps no interrupt in service: ISR and PPR read 0 in a handler",
+    ),
+    "apic_eoi_level": Expect(
+        "apic_eoi_level: long mode, 8259s masked\n"
+        "uart pin programmed, line low: 00008043\n"
+        "line high: 0000c043\n"  # remote IRR
+        "line high: remote IRR set: ok\n"
+        "line high: vector pending in IRR, TMR set (level): ok\n"
+        "handler ran once: ok\n"
+        "no EOI: remote IRR still set, nothing sent again: ok\n"
+        "EOI, line still high: remote IRR set again: ok\n"
+        "EOI, line still high: handler ran again: ok\n"
+        "line low, EOI: remote IRR clear, handler not run again: ok\n"
+        "no stray interrupts\n"
+        "apic_eoi_level: done\n",
+        mode=Mode.LONG,
+        pvm_differs=(
+            "PVM keeps no interrupt in service (ISR reads 0 in a handler): it ends each one as it "
+            "delivers it, so a level-triggered IOAPIC pin whose line stays high is sent again without "
+            "the guest's EOI"
+        ),
+    ),
 }
+
+# Snippets for the local APIC, IOAPIC and their timers, which emu emulates for the Unicorn backend
+# only once that work lands (KVM has them in the kernel). Until then the Unicorn runs, and the
+# cross-backend comparison, are expected to fail. Delete this set (and its two uses) when they pass.
+# emu's local APIC under Unicorn has x2APIC and the TSC-deadline timer in its model, but CPUID does
+# not show them yet (emu/cpu/cpuid.py, UNICORN_APIC_EXTRAS), so these print "not supported" there.
+NEEDS_EMU_APIC = {"lapic_timer", "x2apic"}
+NEEDS_EMU_APIC_REASON = "CPUID under Unicorn does not show x2APIC or the TSC-deadline timer yet"
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -303,6 +423,8 @@ def test_snippet(runner: SnippetRunner, name: str, backend: BackendName) -> None
     expect = EXPECTED[name]
     if backend is BackendName.KVM and expect.pvm_differs and kvm_is_pvm():
         pytest.skip(f"this host's KVM is PVM: {expect.pvm_differs}")
+    if backend is BackendName.UNICORN and name in NEEDS_EMU_APIC:
+        pytest.xfail(NEEDS_EMU_APIC_REASON)
     out = runner.run(name, backend)
     context = out.describe()
 
@@ -338,6 +460,8 @@ def test_backends_agree(runner: SnippetRunner, name: str) -> None:
         pytest.skip(f"no cross-backend comparison: {reason}")
     if EXPECTED[name].pvm_differs and kvm_is_pvm():
         pytest.skip(f"this host's KVM is PVM: {EXPECTED[name].pvm_differs}")
+    if name in NEEDS_EMU_APIC:
+        pytest.xfail(NEEDS_EMU_APIC_REASON)
     uc = runner.run(name, BackendName.UNICORN)
     kvm = runner.run(name, BackendName.KVM)
     context = f"{uc.describe()}\n{kvm.describe()}"

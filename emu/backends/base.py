@@ -10,7 +10,7 @@ backend class.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from emu.bus import Bus
 from emu.cpu.state import CpuState
 from emu.memory import GuestMemory
-from emu.platform import EventFds, GuestTsc, InterruptPin, IrqChip, MsrHandler
+from emu.platform import EventFds, GuestTsc, InterruptPin, IrqChip, MsrRouter
 
 if TYPE_CHECKING:
     import unicorn
@@ -102,13 +102,6 @@ class InstructionHooks(Protocol):
 
     def debug_stop(self, exit_: Exit) -> None:
         """From a hook: end the run with `exit_` (a code hook's stop lands before its instruction)."""
-
-
-class MsrRouter(Protocol):
-    """MSRs the backend does not implement, sent to emu's devices (Unicorn: the local APIC's and
-    kvmclock's; KVM implements them in the kernel)."""
-
-    def route(self, msrs: Iterable[int], handler: MsrHandler) -> None: ...
 
 
 class GuestDebug(Protocol):

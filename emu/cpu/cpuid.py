@@ -163,11 +163,16 @@ def _apply_features(leaf: int, regs: Regs, features: frozenset[Feature]) -> Regs
 UNICORN_FEATURES = MODEL_FEATURES & UNICORN_NATIVE
 
 
-#: With emu's local APIC under Unicorn: the APIC, its x2APIC mode and TSC-deadline timer (their
-#: MSRs reach emu through the MSR intercept), and KVM's paravirtual leaves for kvmclock.
-UNICORN_APIC_EXTRAS = frozenset({F.APIC, F.X2APIC, F.TSC_DEADLINE, F.HYPERVISOR})
-#: The core crystal (CPUID 0x15 ECX), which is also the local APIC timer's input clock.
-CRYSTAL_HZ = 25_000_000
+#: With emu's local APIC under Unicorn: the APIC (xAPIC registers by MMIO) and KVM's paravirtual
+#: leaves for kvmclock. x2APIC and the TSC-deadline timer exist in emu's model (their MSRs reach it
+#: through the MSR intercept) but are not shown yet: Linux, which then takes an MSR exit on every
+#: EOI and timer reprogramming, faults within a second of enabling them (an MSR exit reported at a
+#: stale RIP; see docs/architecture/platform.md, "Local APIC under Unicorn").
+UNICORN_APIC_EXTRAS = frozenset({F.APIC, F.HYPERVISOR})
+#: The core crystal (CPUID 0x15 ECX), which is also the local APIC timer's input clock. 1 MHz:
+#: Linux computes crystal kHz x EBX in 32 bits, and EBX = the TSC rate in kHz must not overflow it
+#: (a 25 MHz crystal made a 2.6 GHz TSC read as 19 MHz).
+CRYSTAL_HZ = 1_000_000
 KVM_SIGNATURE = "KVMKVMKVM\0\0\0"
 KVM_FEATURE_CLOCKSOURCE = 1 << 0
 KVM_FEATURE_CLOCKSOURCE2 = 1 << 3

@@ -106,6 +106,8 @@ class UnicornBackend(Backend):
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
         self._intr_pending = False
+        self._nmi_pending = False
+        self._init_pending = False
         self._acknowledge: Callable[[], int] | None = None  # the INTA cycle of emu's controller
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
@@ -224,8 +226,12 @@ class UnicornBackend(Backend):
         """An intercepted rdmsr/wrmsr (msr_intercept.py): RIP is at the instruction."""
         rip = raw.u64(R.OFF_EIP)
         opcode = self._code_at(raw, 2)
-        if opcode not in (RDMSR, WRMSR):  # cannot happen: only these two exit this way
-            self._stop_with(Exit(ExitKind.ERROR, f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
+        if opcode not in (RDMSR, WRMSR):
+            # A stop landed between the exit and this hook, and the exit stayed pending in
+            # Unicorn while emu moved RIP (an interrupt delivered): the access never happened
+            # and runs again when the guest returns to it. Resume where RIP is now.
+            raw.set_u64(R.OFF_EXCEPTION_NEXT_EIP, rip)
+            raw.restore(self.uc)
             return
         if not self._msrs.access(self.uc, write=opcode == WRMSR):
             self._deliver(R.RawContext.save(self.uc), Event(13, EventKind.EXCEPTION, 0))
@@ -371,6 +377,13 @@ class UnicornBackend(Backend):
     def run(self) -> Exit:
         self._vcpu_thread = threading.get_ident()
         self._discard_io = False
+        if self._init_pending:
+            self._init_pending = False
+            self._nmi_pending = False
+            self.set_state(CpuState())  # this CPU is the bootstrap processor: the reset vector
+        if self._nmi_pending:
+            self._nmi_pending = False
+            self._deliver(R.RawContext.save(self.uc), Event(2, EventKind.NMI))
         if self._intr_pending and self._acknowledge is not None:
             self._inject_external()
         if self._pending is not None:
@@ -480,6 +493,24 @@ class UnicornBackend(Backend):
             if self._virtual is not None:
                 self._virtual.set_window_poll(None)
         elif self._in_emu or threading.get_ident() != self._vcpu_thread:
+            self.request_stop()
+
+    def nmi(self) -> None:
+        # Delivered at the start of the next run, whatever IF says. Not modelled: NMI blocking
+        # until the handler's iret (a second NMI meanwhile is delivered at once).
+        self._nmi_pending = True
+        self._stop_for_event()
+
+    def init(self) -> None:
+        self._init_pending = True
+        self._stop_for_event()
+
+    def startup(self, vector: int) -> None:
+        """The bootstrap processor never waits for STARTUP: ignored (SDM vol. 3A 8.4.4)."""
+        log.debug("STARTUP %#x to the bootstrap processor ignored", vector)
+
+    def _stop_for_event(self) -> None:
+        if self._in_emu or threading.get_ident() != self._vcpu_thread:
             self.request_stop()
 
     def accepts_interrupt(self) -> bool:

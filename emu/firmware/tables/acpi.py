@@ -1,5 +1,5 @@
-"""ACPI tables for direct kernel boot (`--acpi on`): RSDP, RSDT/XSDT, FADT + FACS, DSDT, and a
-MADT when the backend has a local APIC.
+"""ACPI tables for direct kernel boot (`--acpi on`): RSDP, RSDT/XSDT, FADT + FACS, DSDT, a MADT
+when the machine has local APICs, and an HPET table when it has an HPET.
 
 Why each choice (Linux 6.1, arch/x86/kernel/acpi/boot.c and drivers/acpi):
 - The FADT is a full (not hardware-reduced) one: HW_REDUCED_ACPI makes x86 Linux replace the
@@ -7,10 +7,14 @@ Why each choice (Linux 6.1, arch/x86/kernel/acpi/boot.c and drivers/acpi):
   controller and timer. A full FADT needs PM1a event/control blocks and a PM timer; they are
   emu/devices/acpi_pm.py. SMI_CMD = 0 means "already in ACPI mode" (ACPICA's acpi_hw_get_mode),
   and PM1a_CNT reads back with SCI_EN set.
-- Under Unicorn there is no MADT: the CPU model has no local APIC, and with no MADT Linux keeps
-  PIC mode ("ACPI wants UP PIC mode"). Under KVM the MADT lists the in-kernel LAPIC and IOAPIC,
-  ISA IRQ n on pin n as the MP table says, and an override giving the SCI level/active-high
-  (ACPI's default for an SCI is active-low, which would read as asserted on an idle line).
+- The MADT exists only with local APICs (`lapic`): without one Linux keeps PIC mode ("ACPI wants
+  UP PIC mode"). It lists one enabled local APIC per CPU (APIC IDs and processor UIDs 0..n-1),
+  the IOAPIC with the MP table's ID (mptable.ioapic_id), ISA IRQ n on pin n as the MP table
+  says (with `irq0_pin` 2, an override sends IRQ 0 to GSI 2), an override giving the SCI
+  level/active-high (ACPI's default for an SCI is active-low, which would read as asserted on an
+  idle line), and NMI on LINT1 of every local APIC.
+- The HPET table (IA-PC HPET spec 3.2.4) gives the block's ID (its capabilities register's low
+  dword), its base, HPET number 0 and the minimum periodic tick; no page protection.
 - The DSDT lists each virtio-mmio device as LNRO0005 (the ACPI ID Linux's virtio_mmio driver
   matches, as Firecracker does) with its 4 KiB window and its edge-triggered ISA interrupt.
   PCI0 (PNP0A03) is there too: with ACPI, x86 Linux scans PCI only below such a host bridge.
@@ -27,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from emu import layout
+from emu.devices import hpet
 from emu.errors import EmuError
 from emu.firmware.boot.placement import align_up
 from emu.firmware.tables import aml
@@ -42,12 +47,13 @@ CREATOR_REVISION = 1
 HEADER = struct.Struct("<4sIBB6s8sI4sI")  # signature length revision checksum oem ids, creator
 RSDP = struct.Struct("<8sB6sBIIQB3x")
 GAS = struct.Struct("<BBBBQ")  # space id, bit width, bit offset, access size, address
-SPACE_SYSTEM_IO = 1
+SPACE_SYSTEM_MEMORY, SPACE_SYSTEM_IO = 0, 1
 
 FADT_SIZE = 276  # ACPI 6.x layout (through the hypervisor vendor identity)
 FADT_REVISION, FADT_MINOR = 6, 3
 DSDT_REVISION = 2  # 64-bit integers
 MADT_REVISION = 5
+HPET_REVISION = 1
 FACS_SIZE = 64
 FACS_ALIGN = 64
 
@@ -78,7 +84,9 @@ class MmioDevice:
 @dataclass(frozen=True)
 class AcpiConfig:
     cpus: int = 1
-    lapic: bool = False  # a MADT with LAPIC + IOAPIC (KVM's in-kernel irqchip)
+    lapic: bool = False  # a MADT with a local APIC per CPU and the IOAPIC
+    hpet: bool = False  # an HPET table for the HPET at layout.HPET_BASE
+    irq0_pin: int = layout.IOAPIC_IRQ0_PIN  # the IOAPIC pin (GSI) ISA IRQ 0 arrives on
     mmio_devices: Sequence[MmioDevice] = field(default_factory=tuple)
     pci_intx: Sequence[PciRoute] = field(default_factory=tuple)
     sci_irq: int = layout.IRQ_ACPI_SCI
@@ -171,6 +179,12 @@ MADT_LAPIC, MADT_IOAPIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
 MADT_PCAT_COMPAT = 1  # dual 8259s are present
 LAPIC_ENABLED = 1
 ALL_PROCESSORS = 0xFF
+INTI_CONFORMS = 0  # MPS INTI flags: polarity and trigger as the bus says (ISA: edge, high)
+ISA_BUS = 0
+
+
+def _override(irq: int, gsi: int, flags: int) -> bytes:
+    return struct.pack("<BBBBIH", MADT_ISO, 10, ISA_BUS, irq, gsi, flags)
 
 
 def madt(cfg: AcpiConfig) -> bytes:
@@ -178,15 +192,27 @@ def madt(cfg: AcpiConfig) -> bytes:
     for cpu in range(cfg.cpus):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, cpu, cpu, LAPIC_ENABLED)
     body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id(cfg.cpus), 0, layout.IOAPIC_BASE, 0)
-    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, cfg.sci_irq, cfg.sci_irq, POLARITY_HIGH_LEVEL)  # MPS INTI flags
-    body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, 1)  # NMI on LINT1
+    if cfg.irq0_pin != 0:
+        body += _override(0, cfg.irq0_pin, INTI_CONFORMS)
+    body += _override(cfg.sci_irq, cfg.sci_irq, POLARITY_HIGH_LEVEL)
+    body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, INTI_CONFORMS, 1)  # NMI on LINT1
     return _table(b"APIC", MADT_REVISION, body)
+
+
+def hpet_table() -> bytes:
+    """Event timer block ID, base address (memory space, 64-bit registers), HPET number 0, the
+    minimum periodic tick in counter ticks, and page protection 0 (none; no OEM attributes)."""
+    body = struct.pack("<I", hpet.BLOCK_ID) + GAS.pack(SPACE_SYSTEM_MEMORY, 64, 0, 0, layout.HPET_BASE)
+    body += struct.pack("<BHB", 0, hpet.MIN_TICK, 0)
+    return _table(b"HPET", HPET_REVISION, body)
 
 
 def build(cfg: AcpiConfig, base: int = layout.ACPI_AREA_START) -> dict[int, bytes]:
     """Every table at its address: {address: bytes}. The RSDP is at `base`."""
     if not 1 <= cfg.cpus <= 254:
         raise EmuError(f"the MADT describes 1 to 254 CPUs, not {cfg.cpus}")
+    if cfg.irq0_pin in (cfg.sci_irq, *(r.irq for r in cfg.pci_intx)):
+        raise EmuError(f"ISA IRQ 0 cannot share GSI {cfg.irq0_pin} with the SCI or PCI")
     out: dict[int, bytes] = {}
     cursor = align_up(base + RSDP.size, FACS_ALIGN)
 
@@ -202,6 +228,8 @@ def build(cfg: AcpiConfig, base: int = layout.ACPI_AREA_START) -> dict[int, byte
     tables = [place(fadt(cfg, dsdt_addr, facs_addr))]
     if cfg.lapic:
         tables.append(place(madt(cfg)))
+    if cfg.hpet:
+        tables.append(place(hpet_table()))
     rsdt_addr = place(_table(b"RSDT", 1, b"".join(struct.pack("<I", t) for t in tables)))
     xsdt_addr = place(_table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables)))
     rsdp = bytearray(RSDP.pack(b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, RSDP.size, xsdt_addr, 0))

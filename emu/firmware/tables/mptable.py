@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from emu import layout
+from emu.devices import ioapic as ioapic_chip
 from emu.errors import EmuError
 from emu.firmware.tables.checksum import checksum
 from emu.memory import GuestMemory
@@ -19,10 +20,10 @@ TABLE_SIGNATURE = b"PCMP"
 SPEC_REV = 4  # MP spec 1.4
 OEM_ID = b"EMU     "
 PRODUCT_ID = b"000000000000"
-APIC_VERSION = 0x14
+APIC_VERSION = 0x14  # the local APICs' (KVM's and emu's)
 CPU_SIGNATURE = 0x600  # family 6, as the CPUs report after reset
 CPU_FEATURES = 0x201  # CPUID.1:EDX FPU | APIC
-ISA_IRQS = 24  # one I/O interrupt entry per IOAPIC pin
+ISA_IRQS = ioapic_chip.PINS  # one I/O interrupt entry per IOAPIC pin
 
 # Entry types (in the order the spec requires them to appear) and their fields.
 PROCESSOR, BUS, IOAPIC, IO_INTERRUPT, LOCAL_INTERRUPT = range(5)
@@ -40,7 +41,7 @@ HEADER_SIZE = 44
 
 
 def ioapic_id(cpus: int) -> int:
-    """The IOAPIC's APIC id: the first after the CPUs' (the MADT numbers it the same way)."""
+    """The IOAPIC's APIC id: cpus + 1, as Firecracker numbers it (the MADT says the same)."""
     return cpus + 1
 
 
@@ -55,12 +56,15 @@ class PciRoute(Protocol):
     def irq(self) -> int: ...
 
 
-def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
+def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = (), irq0_pin: int = layout.IOAPIC_IRQ0_PIN) -> bytes:
     """The floating pointer at `base` followed by the configuration table it points to.
 
-    ISA IRQ n is wired to IOAPIC pin n for all 24 pins, as Firecracker does and as KVM's default
-    GSI routing delivers them (QEMU instead sends IRQ0 to pin 2 and says so with an override); the
-    8259 is reachable through LINT0 (ExtINT) and NMI arrives on LINT1 of every local APIC.
+    One processor entry per CPU (APIC IDs 0..cpus-1, CPU 0 the BSP), then the IOAPIC (ID
+    `ioapic_id(cpus)`). ISA IRQ n is wired to IOAPIC pin n for all 24 pins, as Firecracker does
+    and as KVM's default GSI routing delivers them; with `irq0_pin` = 2, IRQ 0 is on pin 2 instead
+    (the MP spec's default PC configuration, and QEMU's), and ISA IRQ 2, the 8259 cascade that
+    never interrupts, has no entry. The 8259 is reachable through LINT0 (ExtINT) and NMI arrives
+    on LINT1 of every local APIC.
 
     With `pci` routes the table also has PCI bus 0 (the ISA bus becomes bus 1, as SeaBIOS numbers
     them: Linux matches a PCI entry's source bus against the PCI bus number) and one entry per
@@ -69,6 +73,9 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     """
     if not 1 <= cpus <= 254:
         raise EmuError(f"the MP table describes 1 to 254 CPUs, not {cpus}")
+    pci_lines = {r.irq for r in pci}
+    if not 0 <= irq0_pin < ISA_IRQS or irq0_pin in pci_lines:
+        raise EmuError(f"ISA IRQ 0 cannot be on IOAPIC pin {irq0_pin}")
     ioapic = ioapic_id(cpus)
     entries = bytearray()
     for cpu in range(cpus):
@@ -80,15 +87,15 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
         entries += struct.pack("<BB6s", BUS, pci_bus, b"PCI   ")
         count += 1
     entries += struct.pack("<BB6s", BUS, isa_bus, b"ISA   ")
-    entries += struct.pack("<BBBBI", IOAPIC, ioapic, APIC_VERSION, IOAPIC_USABLE, layout.IOAPIC_BASE)
+    entries += struct.pack("<BBBBI", IOAPIC, ioapic, ioapic_chip.VERSION, IOAPIC_USABLE, layout.IOAPIC_BASE)
     count += 2
     interrupt = struct.Struct("<BBHBBBB")  # type, kind, flags, source bus, source IRQ, APIC id, pin
-    pci_lines = {r.irq for r in pci}
     for irq in range(ISA_IRQS):
-        if irq not in pci_lines:
-            flags = POLARITY_TRIGGER_CONFORMS
-            entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, flags, isa_bus, irq, ioapic, irq)
-            count += 1
+        if irq in pci_lines or (irq == irq0_pin and irq != 0):
+            continue
+        pin = irq0_pin if irq == 0 else irq
+        entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_TRIGGER_CONFORMS, isa_bus, irq, ioapic, pin)
+        count += 1
     for r in pci:
         source = r.device << 2 | (r.pin - 1)
         entries += interrupt.pack(IO_INTERRUPT, INT_VECTORED, POLARITY_HIGH_LEVEL, pci_bus, source, ioapic, r.irq)
@@ -109,10 +116,11 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> bytes:
     return bytes(floating + header + entries)
 
 
-def write_mptable(memory: GuestMemory, cpus: int = 1, pci: Sequence[PciRoute] = ()) -> int:
+def write_mptable(memory: GuestMemory, cpus: int = 1, pci: Sequence[PciRoute] = (),
+                  irq0_pin: int = layout.IOAPIC_IRQ0_PIN) -> int:  # fmt: skip
     """Write the MP table first-fit in the reserved EBDA area and return its address."""
     base = layout.MPTABLE_AREA_START
-    blob = build(base, cpus, pci)
+    blob = build(base, cpus, pci, irq0_pin)
     if base + len(blob) > layout.MPTABLE_AREA_END or not memory.contains(base, len(blob)):
         raise EmuError(f"the MP table for {cpus} CPUs ({len(blob)} bytes) does not fit at {base:#x}")
     memory.write(base, blob)
