@@ -98,9 +98,6 @@ class OutputTap:
 
 
 H = TypeVar("H")
-#: CPUID shows emu's local APIC (and kvmclock) under Unicorn. Off while Linux in APIC mode still
-#: faults under it (docs/architecture/platform.md, "Local APIC under Unicorn").
-LOCAL_APIC_UNDER_UNICORN = True
 H_co = TypeVar("H_co", covariant=True)
 
 
@@ -137,7 +134,7 @@ def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_ti
 
     try:
         # emu emulates a local APIC (and kvmclock) for it: CPUID says so.
-        return UnicornBackend(memory, bus, virtual_time=virtual_time, local_apic=LOCAL_APIC_UNDER_UNICORN)
+        return UnicornBackend(memory, bus, virtual_time=virtual_time, local_apic=True)
     except BackendUnavailable as e:
         raise HostError(str(e)) from None
 

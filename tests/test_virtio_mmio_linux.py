@@ -70,11 +70,11 @@ def test_linux_finds_virtio_mmio_disks_through_acpi(
     assert not bad, "\n".join(bad)
     assert "EMU-VIRTIO-DONE" in out, out[-3000:]
 
-    # Found by ACPI: the RSDP where emu put it, the kernel stays in PIC mode, nothing on the
-    # command line, and each virtio device hangs off a platform device made from a DSDT entry.
+    # Found by ACPI: the RSDP where emu put it, the MADT's local APIC and IOAPIC in use, nothing on
+    # the command line, and each virtio device hangs off a platform device made from a DSDT entry.
     assert f"ACPI: RSDP 0x{layout.ACPI_AREA_START:016X} 000024 (v02 EMU   )" in out
     assert f"ACPI: PM-Timer IO Port: {layout.PORT_ACPI_PM_BASE + 8:#x}" in out
-    assert "APIC: Keep in PIC mode(8259)" in out
+    assert "APIC: Switch to symmetric I/O mode setup" in out
     # The PM timer and the TSC (CPUID leaf 0x15) agree: the watchdog never rejects the TSC against
     # acpi_pm. (Against refined-jiffies it can, when a loaded host delays PIT ticks.)
     assert "'acpi_pm' wd_nsec" not in out
@@ -92,6 +92,7 @@ def test_linux_finds_virtio_mmio_disks_through_acpi(
     # virtio-mmio v2 offers VERSION_1 (feature bit 32), v1 never does.
     features = dict(re.findall(r"EMU-FEATURES (vd[ab]) ([01]{64})", out))
     assert (features["vda"][32], features["vdb"][32]) == ("1" if vda == "mmio" else "0", "1" if vdb == "mmio" else "0")
-    irqs = {int(n): int(count) for n, count in re.findall(r"EMU-IRQ (\d+):\s+(\d+)\s+XT-PIC\s+virtio", out)}
+    # Through the IOAPIC: pin n is GSI n, as the MADT says.
+    irqs = {int(n): int(count) for n, count in re.findall(r"EMU-IRQ (\d+):\s+(\d+)\s+IO-APIC\s+\S+\s+virtio", out)}
     assert set(layout.VIRTIO_MMIO_IRQS[:2]) <= set(irqs) and all(irqs.values()), irqs
     assert set(irqs) - set(layout.VIRTIO_MMIO_IRQS[:2]) <= (set(layout.PCI_INTX_IRQS) if pci else set()), irqs

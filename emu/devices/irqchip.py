@@ -87,4 +87,3 @@ class EmuIrqChip:
             "source": self.name, **self.pic.describe(), "ioapic": self.ioapic.describe(),
             "lapic": self.lapic.describe(),
         }  # fmt: skip
-

@@ -408,6 +408,12 @@ class UnicornBackend(Backend):
             exit_, self._pending = self._pending, None
             self._stop_requested = False
             return exit_
+        # A `cli; hlt` that a stop request raced (the interrupt-window poll asks every 1 ms while
+        # an interrupt waits for IF=1) is still the end of the guest: RIP is past the hlt, so
+        # reporting an interruption would let the guest run on past it.
+        if self._kick.taken == kicks and self._halted_with_interrupts_off():
+            self._stop_requested = False
+            return Exit(ExitKind.HALT, detail={"for_good": True})
         # A kick armed just after the previous run ended can stop this one with no request
         # outstanding: that is an interruption too, not an engine quirk.
         if self._stop_requested or self._kick.taken != kicks:
@@ -447,6 +453,12 @@ class UnicornBackend(Backend):
             time.sleep(INTR_WINDOW_POLL_S)
             if self._window.is_set() and self._in_emu and not self._closed:
                 self.request_stop()
+
+    def _halted_with_interrupts_off(self) -> bool:
+        """emu_start returned on a `hlt` executed with IF=0 (RIP is just past it)."""
+        if self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF:
+            return False
+        return self._peek_byte_before(R.RawContext.save(self.uc)) == 0xF4
 
     def _classify_return(self) -> Exit:
         """emu_start returned on its own: hlt (RIP is just past it) or an engine quirk."""
