@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from guests.backends import BACKEND_PARAMS, require
 
 from emu.config import BackendName, MachineConfig
 from emu.errors import ExitStatus
 from emu.machine import run_machine
 from emu.tools.asm import assemble
-from guests.backends import BACKEND_PARAMS, require
 
 GUEST = """
 bits 16
