@@ -4,6 +4,9 @@
 1. Guest instructions per second of a 64-bit register loop under emu's Unicorn backend (all of
    emu's hooks installed, run through Machine) versus bare Unicorn with no hooks.
 2. Cost of one port-I/O exit on each backend, in microseconds of wall time per `out`.
+3. Cost of one local APIC timer interrupt: a periodic timer with the shortest period, the CPU
+   waiting in `sti; hlt` for each one; wall time per interrupt (Unicorn: emu's local APIC, its
+   timer on the TimerQueue, delivery in Python; KVM: the in-kernel APIC).
 
 Timing inside the guest run uses serial markers: the guest writes 'S' before and 'E' after the
 measured part, and the host timestamps each byte as it arrives, so start-up is not counted.
@@ -64,6 +67,48 @@ OUT_BODY = """
 """
 
 
+# The local APIC timer at its shortest period (initial count 1, divide by 1): each interrupt
+# costs what the machine takes to deliver it, not the period. Built on the APIC snippets' long-mode
+# set-up (tests/guests/snippets/apic.inc).
+LAPIC_GUEST = """
+%include "lib.inc"
+%include "apic.inc"
+%define COUNT VARS + 0x00
+    SNIPPET_START
+    ENTER_LONG_APIC
+    SET_GATE 0x40, tick
+    call lapic_enable
+    mov qword [COUNT], 0
+    mov dword [LAPIC + APIC_TDCR], 0xB
+    mov dword [LAPIC + APIC_LVTT], LVT_PERIODIC | 0x40
+    mov dx, 0x3F8
+    mov al, 'S'
+    out dx, al
+    mov dword [LAPIC + APIC_TMICT], 1
+.wait:
+    sti
+    hlt
+    cli
+    cmp qword [COUNT], {n}
+    jb .wait
+    mov dword [LAPIC + APIC_TMICT], 0
+    mov dx, 0x3F8
+    mov al, 'E'
+    out dx, al
+    HALT
+tick:
+    inc qword [COUNT]
+    mov dword [LAPIC + APIC_EOI], 0
+    iretq
+    LIB_ROUTINES
+    APIC_ROUTINES
+bits 16
+    LIB_ROUTINES
+    STD_GDT
+"""
+SNIPPETS = GUESTS / "snippets"
+
+
 class Marks:
     def __init__(self) -> None:
         self.t: dict[int, float] = {}
@@ -77,9 +122,14 @@ class Marks:
         return self.t[ord("E")] - self.t[ord("S")]
 
 
-def run_emu(body: str, backend: BackendName, tmp: Path) -> float:
-    image = tmp / f"bench-{abs(hash(body))}.bin"
-    image.write_bytes(assemble(GUEST.format(body=body), name="bench", include_dirs=(GUESTS,)))
+def run_emu(body: str, backend: BackendName, tmp: Path, *, source: str | None = None) -> float:
+    """Seconds between the guest's S and E markers; `source`: a whole guest instead of `body`
+    inside the register-loop frame."""
+    image = tmp / f"bench-{abs(hash((body, source)))}.bin"
+    if source is None:
+        image.write_bytes(assemble(GUEST.format(body=body), name="bench", include_dirs=(GUESTS,)))
+    else:
+        image.write_bytes(assemble(source, name="bench_lapic", include_dirs=(SNIPPETS, GUESTS)))
     marks = Marks()
     m = Machine(MachineConfig(backend=backend, mem=32 << 20, image=image, load_addr=0x8000, timeout=600),
                 serial_sinks=[marks])  # fmt: skip
@@ -109,6 +159,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=100_000_000, help="compute loop iterations")
     ap.add_argument("--outs", type=int, default=200_000, help="port writes under Unicorn")
     ap.add_argument("--kvm-outs", type=int, default=20_000, help="port writes under KVM (slow nested KVM here)")
+    ap.add_argument("--ticks", type=int, default=20_000, help="local APIC timer interrupts under Unicorn")
+    ap.add_argument("--kvm-ticks", type=int, default=2_000, help="local APIC timer interrupts under KVM")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     tmp = Path(__file__).resolve().parents[1] / ".cache" / "bench"
@@ -131,6 +183,14 @@ def main() -> None:
         print(f"  kvm     : {1e6 * k / args.kvm_outs:8.2f} us per exit  ({args.kvm_outs} exits)")
     except (HostError, BackendUnavailable) as e:
         print(f"  kvm     : not measured: {e}")
+
+    print("local APIC timer interrupt (periodic, shortest period, each one waking `hlt`):")
+    for backend, n in ((BackendName.UNICORN, args.ticks), (BackendName.KVM, args.kvm_ticks)):
+        try:
+            t = min(run_emu("", backend, tmp, source=LAPIC_GUEST.format(n=n)) for _ in range(args.repeat))
+            print(f"  {backend.value:7} : {1e6 * t / n:8.2f} us per interrupt  ({n} interrupts)")
+        except (HostError, BackendUnavailable) as e:
+            print(f"  {backend.value:7} : not measured: {e}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Debian's cloud kernel on emu's modern PC under Unicorn: with `--acpi on` it takes the local APIC
+and IOAPIC from the MADT (device interrupts through the IOAPIC, local timer interrupts counting),
+finds kvm-clock and the HPET, and `clocksource=hpet` keeps time as well as kvm-clock does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from guests.cli import emu_run
+
+from emu.tools.guests import LinuxGuest, build_initramfs
+
+INIT = r"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+centis() {
+    read -r up _ </proc/uptime
+    s=${up%.*}; c=${up#*.}; c=${c#0}
+    echo $((s * 100 + ${c:-0}))
+}
+loc() { grep LOC /proc/interrupts | while read -r _ n _; do echo "$n"; done; }
+cs=/sys/devices/system/clocksource/clocksource0
+echo "EMU-CLOCKSOURCE $(cat $cs/current_clocksource)"
+echo "EMU-AVAILABLE $(cat $cs/available_clocksource)"
+l0=$(loc)
+t0=$(centis)
+sleep 1
+t1=$(centis)
+l1=$(loc)
+echo "EMU-SLEEP-CS $((t1 - t0))"
+echo "EMU-LOC $l0 $l1"
+grep -E 'IO-APIC|XT-PIC' /proc/interrupts | while read -r line; do echo "EMU-INT $line"; done
+echo EMU-PLATFORM-DONE
+poweroff -f
+"""
+
+
+@pytest.fixture(scope="module")
+def initramfs(guest: LinuxGuest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    busybox = (guest.initramfs.parent / "busybox").read_bytes()
+    path = tmp_path_factory.mktemp("platform") / "initramfs.cpio"
+    path.write_bytes(build_initramfs(busybox, INIT))
+    return path
+
+
+@pytest.mark.parametrize("clocksource", ["kvm-clock", "hpet"])
+def test_linux_uses_the_apics_and_each_clock(guest: LinuxGuest, initramfs: Path, clocksource: str) -> None:
+    cmdline = "console=ttyS0 panic=-1" + (" clocksource=hpet" if clocksource == "hpet" else "")
+    p = emu_run(
+        "--backend", "unicorn", "--kernel", str(guest.vmlinux), "--initrd", str(initramfs), "--acpi", "on",
+        "--cmdline", cmdline, "--mem", "256", "--no-reboot", "--timeout", "90",
+        timeout=150,
+    )  # fmt: skip
+    out = p.stdout
+    assert p.returncode == 0 and "EMU-PLATFORM-DONE" in out, f"exit {p.returncode}: {p.stderr}\n{out[-3000:]}"
+    assert "ACPI: Using ACPI (MADT) for SMP configuration information" in out
+    assert "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23" in out
+    assert "APIC: Switch to symmetric I/O mode setup" in out
+    assert "kvm-clock: Using msrs 4b564d01 and 4b564d00" in out
+    assert "ACPI: HPET id: 0x8086a201 base: 0xfed00000" in out
+    current = re.search(r"EMU-CLOCKSOURCE (\S+)", out)
+    available = re.search(r"EMU-AVAILABLE (.*)", out)
+    assert current and available, out[-2000:]
+    assert current.group(1) == clocksource
+    assert {"kvm-clock", "hpet", "acpi_pm"} <= set(available.group(1).split())
+    # Device interrupts through the IOAPIC (the UART's IRQ 4 and the timer), none left on the 8259.
+    ints = re.findall(r"EMU-INT (\d+):\s+\d+\s+(\S+)", out)
+    assert ints and all(chip == "IO-APIC" for _, chip in ints), ints
+    # The local APIC's timer drives the clock events: it kept counting across the sleep.
+    loc = re.search(r"EMU-LOC (\d+) (\d+)", out)
+    assert loc and int(loc.group(2)) > int(loc.group(1)) > 0, out[-2000:]
+    sleep = re.search(r"EMU-SLEEP-CS (\d+)", out)
+    assert sleep and 100 <= int(sleep.group(1)) <= 130, sleep  # `sleep 1` by the guest's own clock
