@@ -170,3 +170,8 @@ PCI_SLOTS = 8  # devices 1-8
 # and shared. ISA lines no emulated device uses and distinct from the virtio-mmio lines: 9 (ACPI's
 # SCI on a PC; emu's is IRQ_ACPI_SCI) and 14/15 (the IDE channels, not emulated).
 PCI_INTX_IRQS = (9, 14, 15)
+
+
+def ioapic_id(cpus: int) -> int:
+    """The IOAPIC's APIC ID: after the CPUs', as Firecracker numbers it (MP table, MADT, the chip)."""
+    return cpus + 1

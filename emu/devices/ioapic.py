@@ -137,7 +137,7 @@ class IoApic:
     """82093AA I/O APIC (version 0x11, 24 pins) sending its messages to `sink`.
 
     `apic_id` is the ID register's value after reset: the machine gives the ID the MP table and
-    the MADT announce (mptable.ioapic_id), so a guest that compares them finds them equal.
+    the MADT announce (layout.ioapic_id), so a guest that compares them finds them equal.
     Thread-safe: pins change from device threads, MMIO and EOIs come from every vCPU thread.
     """
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from emu import layout
 from emu.bus import Bus
 from emu.cpu.cpuid import CRYSTAL_HZ, UNICORN_APIC_EXTRAS, Feature
 from emu.devices.ioapic import PINS, IoApic
 from emu.devices.lapic import MMIO_SIZE, MSR_APIC_BASE, MSR_TSC_DEADLINE, ApicBus, LocalApic
 from emu.devices.pic import PicPair
-from emu.firmware.tables.mptable import ioapic_id
 from emu.platform import GuestTsc, InterruptPin, MsrRouter
 from emu.timers import TimerQueue
 
@@ -40,7 +40,7 @@ class EmuIrqChip:
         self._bus = bus
         self._pin = pin
         self.apic_bus = ApicBus()
-        self.ioapic = IoApic(self.apic_bus, apic_id=ioapic_id(cpus))
+        self.ioapic = IoApic(self.apic_bus, apic_id=layout.ioapic_id(cpus))
         self.ioapic.register(bus)
         self.apic_bus.subscribe_eoi(self.ioapic)
         # The 8259's INTR is LINT0; its INTA cycle runs when the APIC hands the CPU an ExtINT.

@@ -9,7 +9,7 @@ Why each choice (Linux 6.1, arch/x86/kernel/acpi/boot.c and drivers/acpi):
   and PM1a_CNT reads back with SCI_EN set.
 - The MADT exists only with local APICs (`lapic`): without one Linux keeps PIC mode ("ACPI wants
   UP PIC mode"). It lists one enabled local APIC per CPU (APIC IDs and processor UIDs 0..n-1),
-  the IOAPIC with the MP table's ID (mptable.ioapic_id), ISA IRQ n on pin n as the MP table
+  the IOAPIC with the MP table's ID (layout.ioapic_id), ISA IRQ n on pin n as the MP table
   says (with `irq0_pin` 2, an override sends IRQ 0 to GSI 2), an override giving the SCI
   level/active-high (ACPI's default for an SCI is active-low, which would read as asserted on an
   idle line), and NMI on LINT1 of every local APIC.
@@ -36,7 +36,7 @@ from emu.errors import EmuError
 from emu.firmware.boot.placement import align_up
 from emu.firmware.tables import aml
 from emu.firmware.tables.checksum import checksum
-from emu.firmware.tables.mptable import POLARITY_HIGH_LEVEL, PciRoute, ioapic_id
+from emu.firmware.tables.mptable import POLARITY_HIGH_LEVEL, PciRoute
 from emu.memory import GuestMemory
 
 OEM_ID = b"EMU   "
@@ -191,7 +191,7 @@ def madt(cfg: AcpiConfig) -> bytes:
     body = struct.pack("<II", layout.LAPIC_BASE, MADT_PCAT_COMPAT)
     for cpu in range(cfg.cpus):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, cpu, cpu, LAPIC_ENABLED)
-    body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id(cfg.cpus), 0, layout.IOAPIC_BASE, 0)
+    body += struct.pack("<BBBBII", MADT_IOAPIC, 12, layout.ioapic_id(cfg.cpus), 0, layout.IOAPIC_BASE, 0)
     if cfg.irq0_pin != 0:
         body += _override(0, cfg.irq0_pin, INTI_CONFORMS)
     body += _override(cfg.sci_irq, cfg.sci_irq, POLARITY_HIGH_LEVEL)

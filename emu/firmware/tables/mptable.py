@@ -40,11 +40,6 @@ FLOATING_SIZE = 16
 HEADER_SIZE = 44
 
 
-def ioapic_id(cpus: int) -> int:
-    """The IOAPIC's APIC id: cpus + 1, as Firecracker numbers it (the MADT says the same)."""
-    return cpus + 1
-
-
 class PciRoute(Protocol):
     """One PCI slot's interrupt pin (1-4 = INTA-D) and the ISA line/IOAPIC pin it is wired to."""
 
@@ -60,7 +55,7 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = (), irq0_pin: int 
     """The floating pointer at `base` followed by the configuration table it points to.
 
     One processor entry per CPU (APIC IDs 0..cpus-1, CPU 0 the BSP), then the IOAPIC (ID
-    `ioapic_id(cpus)`). ISA IRQ n is wired to IOAPIC pin n for all 24 pins, as Firecracker does
+    `layout.ioapic_id(cpus)`). ISA IRQ n is wired to IOAPIC pin n for all 24 pins, as Firecracker does
     and as KVM's default GSI routing delivers them; with `irq0_pin` = 2, IRQ 0 is on pin 2 instead
     (the MP spec's default PC configuration, and QEMU's), and ISA IRQ 2, the 8259 cascade that
     never interrupts, has no entry. The 8259 is reachable through LINT0 (ExtINT) and NMI arrives
@@ -76,7 +71,7 @@ def build(base: int, cpus: int = 1, pci: Sequence[PciRoute] = (), irq0_pin: int 
     pci_lines = {r.irq for r in pci}
     if not 0 <= irq0_pin < ISA_IRQS or irq0_pin in pci_lines:
         raise EmuError(f"ISA IRQ 0 cannot be on IOAPIC pin {irq0_pin}")
-    ioapic = ioapic_id(cpus)
+    ioapic = layout.ioapic_id(cpus)
     entries = bytearray()
     for cpu in range(cpus):
         flags = CPU_ENABLED | (CPU_BSP if cpu == 0 else 0)
