@@ -79,6 +79,41 @@ def test_routed_msrs_reach_their_handler_and_refusals_raise_gp(tmp_path: Path) -
         assert mem.read_u32(0x60C) == 0  # EFER after reset, from Unicorn itself
 
 
+AFTER_INT3 = """
+bits 16
+org 0x8000
+    mov word [3 * 4], int3_handler  ; real-mode IVT: int3
+    mov word [3 * 4 + 2], 0
+    int3                            ; leaves Unicorn's exception_is_int set
+    mov ecx, 0x4b564d01
+    rdmsr                           ; an MSR exit right after: EIP must stay at this rdmsr
+    mov [0x600], eax
+    mov byte [0x604], 1             ; reached once, after the rdmsr
+    cli
+    hlt
+int3_handler:
+    inc byte [0x605]
+    iret
+"""
+
+
+def test_an_msr_exit_after_int3_keeps_its_rip(tmp_path: Path) -> None:
+    """Unicorn sets EIP to exception_next_eip before the interrupt hook whenever exception_is_int
+    is set, and an MSR exit never clears it: after an int3, the exit arrived at the int3 handler's
+    address instead of the rdmsr's (Linux lost an MSR read and swapped GS wrongly). Fixed by
+    clearing it with every delivery."""
+    image = tmp_path / "after_int3.img"
+    image.write_bytes(assemble(AFTER_INT3, name="msr_after_int3"))
+    with Machine(MachineConfig(backend=BackendName.UNICORN, mem=8 << 20, image=image, load_addr=0x8000)) as m:
+        router = m.backend.msr_router()
+        assert router is not None
+        router.route((0x4B56_4D01,), Recorder())
+        result = m.run()
+        assert result.status == 0, result.reason
+        assert m.memory.read_u32(0x600) == 0x5566_7788
+        assert (m.memory.read_u8(0x604), m.memory.read_u8(0x605)) == (1, 1)
+
+
 def test_kvm_runs_msrs_in_the_kernel_and_offers_no_router(tmp_path: Path) -> None:
     require(BackendName.KVM)
     image = tmp_path / "hlt.img"

@@ -316,14 +316,6 @@ EXPECTED: dict[str, Expect] = {
     ),
 }
 
-# Snippets for the local APIC, IOAPIC and their timers, which emu emulates for the Unicorn backend
-# only once that work lands (KVM has them in the kernel). Until then the Unicorn runs, and the
-# cross-backend comparison, are expected to fail. Delete this set (and its two uses) when they pass.
-# emu's local APIC under Unicorn has x2APIC and the TSC-deadline timer in its model, but CPUID does
-# not show them yet (emu/cpu/cpuid.py, UNICORN_APIC_EXTRAS), so these print "not supported" there.
-NEEDS_EMU_APIC = {"lapic_timer", "x2apic"}
-NEEDS_EMU_APIC_REASON = "CPUID under Unicorn does not show x2APIC or the TSC-deadline timer yet"
-
 
 # -- running ----------------------------------------------------------------------------------------
 @dataclass
@@ -449,8 +441,6 @@ def test_snippet(runner: SnippetRunner, name: str, backend: BackendName) -> None
     expect = EXPECTED[name]
     if backend is BackendName.KVM and expect.pvm_differs and kvm_is_pvm():
         pytest.skip(f"this host's KVM is PVM: {expect.pvm_differs}")
-    if backend is BackendName.UNICORN and name in NEEDS_EMU_APIC:
-        pytest.xfail(NEEDS_EMU_APIC_REASON)
     out = runner.run(name, backend)
     context = out.describe()
 
@@ -486,8 +476,6 @@ def test_backends_agree(runner: SnippetRunner, name: str) -> None:
         pytest.skip(f"no cross-backend comparison: {reason}")
     if EXPECTED[name].pvm_differs and kvm_is_pvm():
         pytest.skip(f"this host's KVM is PVM: {EXPECTED[name].pvm_differs}")
-    if name in NEEDS_EMU_APIC:
-        pytest.xfail(NEEDS_EMU_APIC_REASON)
     uc = runner.run(name, BackendName.UNICORN)
     kvm = runner.run(name, BackendName.KVM)
     context = f"{uc.describe()}\n{kvm.describe()}"

@@ -1,10 +1,10 @@
 """The one CPU model emu shows its guests, shaped for each backend.
 
 The model is a list of features. Each backend offers the subset it really executes:
-- Unicorn: the features its TCG core implements (measured once: UNICORN_NATIVE), minus what emu
-  does not provide there: no local APIC (interrupts come from the software 8259), no XSAVE
-  (emu moves x87/SSE state only, and Unicorn faults on XSAVEC/XSAVES), no RDRAND (runs must be
-  reproducible), no hypervisor bit (there are no paravirtual interfaces to find).
+- Unicorn: the features its TCG core implements (measured once: UNICORN_NATIVE), plus what emu
+  emulates there (its local APIC with x2APIC and TSC-deadline, kvmclock behind KVM's leaves),
+  minus what emu does not provide: no XSAVE (emu moves x87/SSE state only, and Unicorn faults on
+  XSAVEC/XSAVES), no RDRAND (runs must be reproducible).
 - KVM: the model plus what the in-kernel irqchip and KVM itself provide (APIC, x2APIC,
   TSC-deadline, XSAVE, the hypervisor leaves), each cut to KVM_GET_SUPPORTED_CPUID.
 Same family/model/brand on both, so a guest sees one CPU whichever backend runs it.
@@ -163,12 +163,9 @@ def _apply_features(leaf: int, regs: Regs, features: frozenset[Feature]) -> Regs
 UNICORN_FEATURES = MODEL_FEATURES & UNICORN_NATIVE
 
 
-#: With emu's local APIC under Unicorn: the APIC (xAPIC registers by MMIO) and KVM's paravirtual
-#: leaves for kvmclock. x2APIC and the TSC-deadline timer exist in emu's model (their MSRs reach it
-#: through the MSR intercept) but are not shown yet: Linux, which then takes an MSR exit on every
-#: EOI and timer reprogramming, faults within a second of enabling them (an MSR exit reported at a
-#: stale RIP; see docs/architecture/platform.md, "Local APIC under Unicorn").
-UNICORN_APIC_EXTRAS = frozenset({F.APIC, F.HYPERVISOR})
+#: With emu's local APIC under Unicorn: the APIC, its x2APIC mode and TSC-deadline timer (their
+#: MSRs reach emu through the MSR intercept), and KVM's paravirtual leaves for kvmclock.
+UNICORN_APIC_EXTRAS = frozenset({F.APIC, F.X2APIC, F.TSC_DEADLINE, F.HYPERVISOR})
 #: The core crystal (CPUID 0x15 ECX), which is also the local APIC timer's input clock. 1 MHz:
 #: Linux computes crystal kHz x EBX in 32 bits, and EBX = the TSC rate in kHz must not overflow it
 #: (a 25 MHz crystal made a 2.6 GHz TSC read as 19 MHz).

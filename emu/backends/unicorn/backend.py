@@ -226,12 +226,8 @@ class UnicornBackend(Backend):
         """An intercepted rdmsr/wrmsr (msr_intercept.py): RIP is at the instruction."""
         rip = raw.u64(R.OFF_EIP)
         opcode = self._code_at(raw, 2)
-        if opcode not in (RDMSR, WRMSR):
-            # A stop landed between the exit and this hook, and the exit stayed pending in
-            # Unicorn while emu moved RIP (an interrupt delivered): the access never happened
-            # and runs again when the guest returns to it. Resume where RIP is now.
-            raw.set_u64(R.OFF_EXCEPTION_NEXT_EIP, rip)
-            raw.restore(self.uc)
+        if opcode not in (RDMSR, WRMSR):  # EIP lost (see _deliver's exception_is_int): say so
+            self._stop_with(Exit(ExitKind.ERROR, f"MSR exit at {rip:#x}, which holds {opcode.hex()}, not rdmsr/wrmsr"))
             return
         if not self._msrs.access(self.uc, write=opcode == WRMSR):
             self._deliver(R.RawContext.save(self.uc), Event(13, EventKind.EXCEPTION, 0))
@@ -333,6 +329,10 @@ class UnicornBackend(Backend):
         """Deliver `ev` in Python. `rip_bias`: what Unicorn adds to RIP after the hook returns
         (SYSCALL/SYSENTER hooks). A triple fault or an unsupported path ends the run."""
         raw.set_i32(R.OFF_OLD_EXCEPTION, -1)  # Unicorn bug #1883: a stale value fakes a #DF later
+        # Unicorn moves EIP to exception_next_eip before calling the interrupt hook whenever
+        # exception_is_int is set, and an MSR exit (msr_intercept.py) never resets it: after an
+        # `int n`, the next MSR exit would arrive with EIP clobbered. Delivered: clear it.
+        raw.set_i32(R.OFF_EXCEPTION_IS_INT, 0)
         if self.on_event is not None:
             self.on_event(ev)  # the debugger's catchpoints (emu/debugger/unicorn_engine.py)
         rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
