@@ -3,6 +3,7 @@ results; a bad command is one error line with status 2; without --script, one li
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -199,3 +200,18 @@ def symbol_address(elf: Path, name: str) -> int:
     with elf.open("rb") as f:
         table = ELFFile(f).get_section_by_name(".symtab")
         return next(s["st_value"] for s in table.iter_symbols() if s.name == name)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_info_apic_shows_the_power_on_platform(image: Path, backend: BackendName) -> None:
+    """Under Unicorn emu's local APIC starts in virtual-wire mode (LINT0 ExtINT for the 8259s, LINT1
+    NMI) next to an IOAPIC whose ID follows the CPUs'; KVM's in-kernel ones are not decoded."""
+    require(backend)
+    p = emu_debug("--backend", backend.value, "--image", str(image), "--load-addr", "0x8000", script="info apic\n")
+    assert p.returncode == 0, p.stderr
+    if backend is BackendName.KVM:
+        assert "the local APIC and IOAPIC are not decoded here" in p.stdout
+        return
+    assert "local APIC 0 (xapic, software-disabled, base 0xfee00000, BSP)" in p.stdout
+    assert re.search(r"LVT lint0 +extint +vector 0x00\n", p.stdout) and re.search(r"LVT lint1 +nmi ", p.stdout)
+    assert "IOAPIC 2 (version 0x11):" in p.stdout

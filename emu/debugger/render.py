@@ -217,6 +217,40 @@ def pic_text(view: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def apic_text(view: dict[str, Any]) -> str:
+    """The local APIC and IOAPIC of emu's own interrupt controllers (Unicorn); KVM's in-kernel
+    ones are not decoded."""
+    lapic, ioapic = view.get("lapic"), view.get("ioapic")
+    if lapic is None or ioapic is None:
+        return f"{view.get('source', 'interrupt controllers')}: the local APIC and IOAPIC are not decoded here"
+    enabled = "enabled" if lapic["software_enabled"] else "software-disabled"
+    rows = [
+        f"local APIC {lapic['id']} ({lapic['mode']}, {enabled}, base {lapic['apic_base'] & ~0xFFF:#x}"
+        f"{', BSP' if lapic['bsp'] else ''}): TPR {lapic['tpr']:#04x} PPR {lapic['ppr']:#04x} "
+        f"spurious {lapic['spurious_vector']:#04x} ESR {lapic['esr']:#x}",
+        f"  IRR {_vector_list(lapic['irr'])}  ISR {_vector_list(lapic['isr'])}  TMR {_vector_list(lapic['tmr'])}",
+    ]
+    for name, lvt in lapic["lvt"].items():
+        what = lvt.get("timer_mode") or lvt.get("delivery", "fixed")
+        rows.append(f"  LVT {name:<8} {what:<10} vector {lvt['vector']:#04x}{'  masked' if lvt['masked'] else ''}")
+    t = lapic["timer"]
+    rows.append(f"  timer: {t['mode']}, divide {t['divide']}, initial {t['initial_count']}, current "
+                f"{t['current_count']}, {t['hz']} Hz, fired {t['fired']}")  # fmt: skip
+    rows.append(f"IOAPIC {ioapic['id']} (version {ioapic['version']:#04x}):")
+    for e in ioapic["entries"]:
+        if e["masked"] and not e["vector"]:
+            continue  # never programmed
+        flags = f"{e['trigger']}, {e['polarity']}" + (", remote IRR" if e["remote_irr"] else "")
+        state = ("  masked" if e["masked"] else "") + ("  line high" if e["line"] else "")
+        target = f"{e['delivery'].lower()} to {e['dest_mode']} {e['dest']}"
+        rows.append(f"  pin {e['pin']:>2}: vector {e['vector']:#04x} {target} ({flags}){state}")
+    return "\n".join(rows)
+
+
+def _vector_list(vectors: list[int]) -> str:
+    return ",".join(f"{v:#04x}" for v in vectors) or "-"
+
+
 def history_text(views: list[HistoryView], lines: dict[int, str]) -> str:
     if not views:
         return "history: empty (it records while stepping under Unicorn)"

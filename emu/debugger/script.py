@@ -33,7 +33,7 @@ x/FMT ADDR | xp/FMT ADDR      memory at a linear (x) or physical (xp) address; F
 print EXPR | p EXPR           evaluate an expression (registers, byte/word/dword/qword [ADDR])
 set $REG = VALUE              write a 64-bit register, rip or rflags
 disas [LOC [N]]               disassemble (default: around the current instruction)
-info registers|r|gdt|idt|ivt|tss|ldt|tab|mode|break|pic|e820|boot|serial|vga|history|backend
+info registers|r|gdt|idt|ivt|tss|ldt|tab|mode|break|pic|apic|e820|boot|serial|vga|history|backend
 creg | sreg | page ADDR | print-stack [N]   Bochs: control registers, segment registers, page walk, stack
 echo TEXT | quit | q | help
 """
@@ -299,6 +299,8 @@ class ScriptRunner:
             self._info_points()
         elif what == "pic":
             self.write(render.pic_text(views.pic_view(s)))
+        elif what in ("apic", "lapic", "ioapic"):
+            self.write(render.apic_text(views.pic_view(s)))
         elif what in ("e820", "boot"):
             self.write(render.boot_text(views.boot_view(s)))
         elif what == "serial":
