@@ -30,14 +30,24 @@ class LinearMemory:
     def __init__(self, mem: GuestMemory, state: CpuState) -> None:
         self.mem = mem
         self.regs = PagingRegs(state.cr0, state.cr3, state.cr4, state.efer)
+        # Translations already made, by (page, write, user): an interrupt delivery pushes several
+        # words onto one stack page and reads one IDT page. One object lives for one delivery or
+        # one debugger view, during which the guest's page tables do not change.
+        self._pages: dict[tuple[int, bool, bool], int] = {}
 
     def _phys(self, linear: int, write: bool, user: bool) -> int:
+        key = (linear >> 12, write, user)
+        page = self._pages.get(key)
+        if page is not None:
+            return page | (linear & 0xFFF)
         try:
-            return translate(self.mem, self.regs, linear, write=write, user=user)
+            phys = translate(self.mem, self.regs, linear, write=write, user=user)
         except PageFault as pf:
             raise Fault(14, pf.error_code, pf.reason, cr2=linear) from None
         except GuestMemoryError:
             raise Fault(13, 0, f"page tables for {linear:#x} lie outside guest RAM") from None
+        self._pages[key] = phys & ~0xFFF
+        return phys
 
     def read(self, linear: int, size: int, *, user: bool = False) -> bytes:
         out = bytearray()
