@@ -101,6 +101,7 @@ ACPI_PM1_CNT_OFF, ACPI_PM1_CNT_LEN = 4, 2
 ACPI_PM_TMR_OFF, ACPI_PM_TMR_LEN = 8, 4
 ACPI_PM_BLOCK_SIZE = 12
 IRQ_ACPI_SCI = 3
+ACPI_SLP_TYP_S5 = 5  # PM1_CNT.SLP_TYP that the DSDT's \_S5 names: with SLP_EN, the machine powers off
 
 # -- BIOS (roms/bios.asm, emu/firmware/bios/) ----------------------------------------------------
 # The ROM's service stubs save the caller's registers to BIOS_REGS and write the vector number to

@@ -67,6 +67,7 @@ class Action(Enum):
     TIMEOUT = "timeout"
     QUIT = "quit"
     EXPECT_TIMEOUT = "expect-timeout"  # --expect markers still missing after --expect-timeout
+    POWER_OFF = "power-off"  # ACPI S5
 
 
 @dataclass
@@ -302,7 +303,7 @@ class Machine:
         self.devices += self.virtio
         if self._kernel is not None and self.cfg.acpi:
             # --acpi on: the DSDT announces the virtio-mmio devices; the FADT's registers live here.
-            acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock)
+            acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock, on_power_off=self.request_power_off)
             acpi_pm.register(self.bus)
             self.devices.append(acpi_pm)
         elif self._kernel is not None and self.virtio:
@@ -380,6 +381,9 @@ class Machine:
 
     def request_reset(self) -> None:
         self._request(Action.RESET)
+
+    def request_power_off(self) -> None:
+        self._request(Action.POWER_OFF)
 
     def request_quit(self) -> None:
         self._request(Action.QUIT)
@@ -515,6 +519,8 @@ class Machine:
             return self._result(ExitStatus.TIMEOUT, f"timeout: the guest ran for {self.cfg.timeout:g} s", exit_)
         if action is Action.QUIT:
             return self._result(ExitStatus.OK, "quit by the user", exit_)
+        if action is Action.POWER_OFF:
+            return self._result(ExitStatus.OK, "guest powered off (ACPI S5)", exit_)
         if action is Action.EXPECT_TIMEOUT:
             return self._result(ExitStatus.EXPECT_MISSING, "--expect-timeout expired", exit_)
         if action is Action.RESET:

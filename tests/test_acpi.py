@@ -214,7 +214,7 @@ def test_iasl_disassembles_every_table(tmp_path: Path) -> None:
 
 def test_pm_timer_counts_at_3_58_mhz_and_wraps_at_24_bits() -> None:
     clock = ManualClock()
-    pm = AcpiPm(layout.PORT_ACPI_PM_BASE, clock)
+    pm = AcpiPm(layout.PORT_ACPI_PM_BASE, clock, on_power_off=lambda: None)
     assert pm.io_read(8, 4) == 0
     clock.advance(1_000_000_000)
     assert pm.io_read(8, 4) == PM_TIMER_HZ
@@ -227,6 +227,20 @@ def test_pm_timer_counts_at_3_58_mhz_and_wraps_at_24_bits() -> None:
     assert pm.io_read(0, 4) == 0x0001_0000 and pm.io_read(2, 2) == 1
     pm.io_write(8, 4, 0)
     assert pm.io_read(8, 4) == (5 * PM_TIMER_HZ) & 0xFF_FFFF  # read-only
+
+
+def test_s5_powers_off_and_other_sleep_states_do_not() -> None:
+    """The DSDT's \\_S5 names SLP_TYP 5: SLP_EN with it is the guest's `poweroff`."""
+    offs: list[bool] = []
+    pm = AcpiPm(layout.PORT_ACPI_PM_BASE, ManualClock(), on_power_off=lambda: offs.append(True))
+    pm.io_write(4, 2, 3 << 10 | 1 << 13)  # S3: not declared
+    pm.io_write(4, 2, layout.ACPI_SLP_TYP_S5 << 10)  # SLP_TYP alone does nothing
+    assert offs == []
+    pm.io_write(4, 2, layout.ACPI_SLP_TYP_S5 << 10 | 1 << 13)
+    assert offs == [True]
+    dsdt = acpi.dsdt(acpi.AcpiConfig())
+    s5 = aml.name("\\_S5_", aml.package(*(aml.integer(v) for v in (layout.ACPI_SLP_TYP_S5,) * 2 + (0, 0))))
+    assert s5 in dsdt
 
 
 # -- the RSDP through each boot protocol ---------------------------------------------------------

@@ -33,6 +33,9 @@ def test_osv_ramfs_says_hello(ramfs_kernel: Path, acpi: str) -> None:
     assert "Neither paravirtual clock nor HPET" not in out
     assert "1 CPUs detected" in out
     assert "Hello from C code" in out
+    # Its power-off: ACPI S5 where the DSDT declares it, else a reset (here: --no-reboot's end).
+    ending = "guest powered off (ACPI S5)" if acpi == "on" else "guest requested a reset (--no-reboot)"
+    assert f"emu: {ending} (exit status 0)" in p.stderr
     # OSv's boot chart: real, increasing times (they come from kvmclock).
     total = re.search(r"Total time: (\d+\.\d+)ms", out)
     marks = [float(m) for m in re.findall(r"\t[^:\n]+: (\d+\.\d+)ms, \(\+", out)]

@@ -56,6 +56,7 @@ def test_linux_uses_the_apics_and_each_clock(guest: LinuxGuest, initramfs: Path,
     )  # fmt: skip
     out = p.stdout
     assert p.returncode == 0 and "EMU-PLATFORM-DONE" in out, f"exit {p.returncode}: {p.stderr}\n{out[-3000:]}"
+    assert "emu: guest powered off (ACPI S5) (exit status 0)" in p.stderr  # `poweroff -f` through \\_S5
     assert "ACPI: Using ACPI (MADT) for SMP configuration information" in out
     assert "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23" in out
     assert "APIC: Switch to symmetric I/O mode setup" in out

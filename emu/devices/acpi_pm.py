@@ -4,12 +4,14 @@ section 4.8). emu/firmware/tables/acpi.py describes them; only `--acpi on` creat
 
 No event ever fires: there is no power or sleep button and the timer-overflow event is not
 wired, so the SCI line stays low. SCI_EN reads as set (the platform is in ACPI mode from the
-start). A sleep request (SLP_EN) is logged and ignored: the DSDT declares no sleep states.
+start). The DSDT declares one sleep state, S5: SLP_EN with its SLP_TYP powers the machine off;
+any other sleep request is logged and ignored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from emu import layout
 from emu.bus import Bus
@@ -29,9 +31,11 @@ PM1_EN_WRITABLE = 0x0721  # TMR_EN, GBL_EN, PWRBTN_EN, SLPBTN_EN, RTC_EN
 class AcpiPm:
     """The PM1a event and control blocks and the PM timer in one I/O range at `base`."""
 
-    def __init__(self, base: int, clock: Clock) -> None:
+    def __init__(self, base: int, clock: Clock, on_power_off: Callable[[], None]) -> None:
+        """`on_power_off`: the guest entered S5 (SLP_EN with the DSDT's \\_S5 SLP_TYP)."""
         self.base = base
         self._clock = clock
+        self._on_power_off = on_power_off
         self.reset()
 
     def register(self, bus: Bus) -> None:
@@ -73,7 +77,10 @@ class AcpiPm:
             self.pm1_en = (self.pm1_en & ~mask) | (value & mask & PM1_EN_WRITABLE)
         elif reg == layout.ACPI_PM1_CNT_OFF:
             self.pm1_cnt = (self.pm1_cnt & ~(mask & PM1_CNT_WRITABLE)) | (value & mask & PM1_CNT_WRITABLE) | SCI_EN
-            if value & mask & SLP_EN:
-                log.info("acpi: sleep request SLP_TYP=%d ignored (no sleep states)", (value >> 10) & 7)
+            slp_typ = (value >> 10) & 7
+            if value & mask & SLP_EN and slp_typ == layout.ACPI_SLP_TYP_S5:
+                self._on_power_off()
+            elif value & mask & SLP_EN:
+                log.info("acpi: sleep request SLP_TYP=%d ignored (only S5 is declared)", slp_typ)
         elif reg >= layout.ACPI_PM_TMR_OFF:
             pass  # the timer is read-only

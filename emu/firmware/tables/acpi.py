@@ -117,7 +117,9 @@ def dsdt(cfg: AcpiConfig) -> bytes:
         )
         for i, d in enumerate(cfg.mmio_devices)
     ]  # fmt: skip
-    return _table(b"DSDT", DSDT_REVISION, aml.scope("\\_SB", pci_root(cfg), *devices))
+    # The one sleep state: S5 (soft off), so `poweroff` ends the machine (emu/devices/acpi_pm.py).
+    s5 = aml.name("\\_S5_", aml.package(*(aml.integer(v) for v in (layout.ACPI_SLP_TYP_S5, layout.ACPI_SLP_TYP_S5, 0, 0))))
+    return _table(b"DSDT", DSDT_REVISION, s5 + aml.scope("\\_SB", pci_root(cfg), *devices))
 
 
 def pci_root(cfg: AcpiConfig) -> bytes:
