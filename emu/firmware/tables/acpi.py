@@ -118,7 +118,8 @@ def dsdt(cfg: AcpiConfig) -> bytes:
         for i, d in enumerate(cfg.mmio_devices)
     ]  # fmt: skip
     # The one sleep state: S5 (soft off), so `poweroff` ends the machine (emu/devices/acpi_pm.py).
-    s5 = aml.name("\\_S5_", aml.package(*(aml.integer(v) for v in (layout.ACPI_SLP_TYP_S5, layout.ACPI_SLP_TYP_S5, 0, 0))))
+    slp_typ = layout.ACPI_SLP_TYP_S5
+    s5 = aml.name("\\_S5_", aml.package(*(aml.integer(v) for v in (slp_typ, slp_typ, 0, 0))))
     return _table(b"DSDT", DSDT_REVISION, s5 + aml.scope("\\_SB", pci_root(cfg), *devices))
 
 
