@@ -296,28 +296,19 @@ class UnicornBackend(Backend):
         self._deliver(R.RawContext.save(uc), Event(6, EventKind.EXCEPTION))
         return True
 
-    def _code_at(self, raw: R.RawContext, size: int) -> bytes:
-        """`size` code bytes at RIP through the guest's paging (empty when unmapped)."""
-        linear = self._linear_pc(raw)
+    def _code_at(self, raw: R.RawContext, size: int, offset: int = 0) -> bytes:
+        """`size` code bytes at RIP + `offset` through the guest's paging (empty when unmapped)."""
+        linear = self._linear_pc(raw) + offset
         regs = paging.PagingRegs(raw.cr(0), raw.cr(3), raw.cr(4), raw.u64(R.OFF_EFER))
-        out = b""
         try:
-            for i in range(size):
-                out += bytes([self.memory.read_u8(paging.translate(self.memory, regs, linear + i))])
+            return bytes(self.memory.read_u8(paging.translate(self.memory, regs, linear + i)) for i in range(size))
         except (paging.PageFault, GuestMemoryError):
             return b""
-        return out
 
     def _peek_byte_before(self, raw: R.RawContext) -> int:
         """The code byte just before RIP (through the guest's paging), or -1."""
-        linear = self._linear_pc(raw) - 1
-        try:
-            phys = paging.translate(
-                self.memory, paging.PagingRegs(raw.cr(0), raw.cr(3), raw.cr(4), raw.u64(R.OFF_EFER)), linear
-            )
-            return self.memory.read_u8(phys)
-        except (paging.PageFault, GuestMemoryError):
-            return -1
+        code = self._code_at(raw, 1, offset=-1)
+        return code[0] if code else -1
 
     def _linear_pc(self, raw: R.RawContext) -> int:
         rip, cs = raw.u64(R.OFF_EIP), raw.segment("cs")
@@ -411,7 +402,7 @@ class UnicornBackend(Backend):
         # A `cli; hlt` that a stop request raced (the interrupt-window poll asks every 1 ms while
         # an interrupt waits for IF=1) is still the end of the guest: RIP is past the hlt, so
         # reporting an interruption would let the guest run on past it.
-        if self._kick.taken == kicks and self._halted_with_interrupts_off():
+        if self._stop_requested and self._kick.taken == kicks and self._halted_with_interrupts_off():
             self._stop_requested = False
             return Exit(ExitKind.HALT, detail={"for_good": True})
         # A kick armed just after the previous run ended can stop this one with no request
