@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,15 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now_ns(self) -> int: ...
+
+
+def wall_ns_at_zero(clock: Clock, epoch: float | None) -> int:
+    """The wall-clock time (Unix ns) at `clock` time 0: `epoch` (Unix seconds) when a run fixes
+    it (--deterministic), else the host's time now less the clock's reading."""
+    if epoch is None:
+        return time.time_ns() - clock.now_ns()
+    whole = math.floor(epoch)
+    return whole * 1_000_000_000 + round((epoch - whole) * 1_000_000_000)
 
 
 class HostClock:

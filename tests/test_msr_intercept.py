@@ -150,7 +150,10 @@ def test_kvmclock_structures_give_the_guest_the_machine_clock() -> None:
         assert system_time + (delta * mul >> 32) == 1_003_000_000
         assert kc.write_msr(MSR_KVM_WALL_CLOCK_NEW, 0x6000)
         _, sec, nsec = struct.unpack("<III", memory.read(0x6000, 12))
-        assert (sec, nsec) == (1_704_067_200, 0)  # wall time at system_time 0 (the epoch: clock start)
+        # Wall time at system_time 0, i.e. when the device was made: the epoch (wall time at clock
+        # 0) plus the 5 s the clock had then. (The first version wrote the epoch itself, so a guest
+        # on host time read a wall clock behind by the host clock's reading: caught in review.)
+        assert (sec, nsec) == (1_704_067_200 + 5, 0)
         assert kc.read_msr(MSR_KVM_SYSTEM_TIME_NEW) == 0x5001
         assert kc.read_msr(0x1234) is None and not kc.write_msr(0x1234, 0)
     finally:

@@ -16,14 +16,13 @@ Memory-size bytes follow QEMU's pc_cmos_init, which SeaBIOS and other firmware r
 from __future__ import annotations
 
 import calendar
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from emu import layout
 from emu.bus import Bus
-from emu.timers import Timer, TimerQueue
+from emu.timers import Timer, TimerQueue, wall_ns_at_zero
 
 _NS = 1_000_000_000
 DIVIDER_HZ = 32768
@@ -107,13 +106,8 @@ class Cmos:
         #: Port 0x70 bit 7 as last written: NMIs masked.
         self.nmi_masked = False
         now = timers.clock.now_ns()
-        if epoch is None:
-            at_zero = time.time_ns() - now
-        else:
-            whole = math.floor(epoch)
-            at_zero = whole * _NS + round((epoch - whole) * _NS)
         # divider time = clock + _div_offset; RTC time = divider time + _seconds whole seconds.
-        self._div_offset = at_zero
+        self._div_offset = wall_ns_at_zero(timers.clock, epoch)
         self._seconds = 0
         self._held = False  # SET or divider reset: the time registers live in _ram, frozen
         self._flags = 0

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from fractions import Fraction
 
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
 from emu.platform import GuestTsc
-from emu.timers import Clock
+from emu.timers import Clock, wall_ns_at_zero
 
 log = logging.getLogger("emu.kvmclock")
 
@@ -59,7 +58,8 @@ class KvmClock:
         self._clock = clock
         self._tsc = tsc
         self._start_ns = clock.now_ns()  # system_time counts from here: the guest's uptime
-        self._wall_at_start = round(epoch * _NS) + self._start_ns if epoch is not None else time.time_ns()
+        # The wall-clock time at system_time 0: what the guest adds system_time to.
+        self._wall_at_start = wall_ns_at_zero(clock, epoch) + self._start_ns
         self._mul, self._shift = time_scale(tsc.khz)
         self._msrs = dict.fromkeys(MSRS, 0)
 
@@ -77,7 +77,7 @@ class KvmClock:
         if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW) and value & 1:
             self._write(value & ~0x1F, self._time_info(), "system time")  # 32-byte aligned
         elif msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
-            wall = self._wall_at_start - self._start_ns  # wall-clock time at system_time 0
+            wall = self._wall_at_start
             self._write(value, _WALL_CLOCK.pack(2, wall // _NS, wall % _NS), "wall clock")
         return True
 
