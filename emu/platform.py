@@ -44,23 +44,16 @@ class IrqChip(Protocol):
         """The controllers' state for the debugger (the 8259 pair at least)."""
 
 
-class InterruptPin(Protocol):
-    """The INTR input of a CPU that has no interrupt controller of its own (Unicorn): emu's
-    controller drives it, and the CPU runs the INTA cycle through `acknowledge` when it takes
-    the interrupt."""
-
-    def connect(self, acknowledge: Callable[[], int]) -> None:
-        """The INTA cycle: returns the vector of the interrupt the CPU takes now."""
+class CpuSignals(Protocol):
+    """What an interrupt controller (a local APIC) signals to its CPU. Called from any thread,
+    possibly under the controller's lock: never blocks."""
 
     def set_intr(self, pending: bool) -> None:
-        """The controller's output changed (any thread, possibly under the controller's lock:
-        never blocks)."""
-
-    def accepts_interrupt(self) -> bool:
-        """INTR is pending and the CPU would take it now (IF=1)."""
+        """An interrupt is deliverable (or no longer is): the CPU runs the INTA cycle when it
+        takes it (IF=1, at an instruction boundary)."""
 
     def nmi(self) -> None:
-        """An NMI for this CPU (any thread, never blocks)."""
+        """An NMI for this CPU."""
 
     def init(self) -> None:
         """INIT: the CPU resets; a bootstrap processor starts again at the reset vector, an
@@ -68,6 +61,18 @@ class InterruptPin(Protocol):
 
     def startup(self, vector: int) -> None:
         """STARTUP (SIPI): a CPU waiting for it starts in real mode at vector << 12."""
+
+
+class InterruptPin(CpuSignals, Protocol):
+    """The INTR input (and NMI/INIT/STARTUP) of a CPU that has no interrupt controller of its own
+    (Unicorn): emu's controller drives it, and the CPU runs the INTA cycle through `acknowledge`
+    when it takes the interrupt."""
+
+    def connect(self, acknowledge: Callable[[], int]) -> None:
+        """The INTA cycle: returns the vector of the interrupt the CPU takes now."""
+
+    def accepts_interrupt(self) -> bool:
+        """INTR is pending and the CPU would take it now (IF=1)."""
 
 
 class MsrHandler(Protocol):

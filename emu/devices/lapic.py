@@ -1,7 +1,7 @@
 """The local APIC emu emulates for each vCPU (under Unicorn), and the APIC bus between them.
 
 A pure device model (SDM vol. 3A chapter 10): the machine connects it to its CPU through
-`ApicCpu` (the INTR level, NMI, INIT, STARTUP), gives it the xAPIC MMIO page (`mmio_read`,
+`CpuSignals` (emu/platform.py: the INTR level, NMI, INIT, STARTUP), gives it the xAPIC MMIO page (`mmio_read`,
 `mmio_write`, moved when `on_base_change` says so), routes MSR 0x1B, 0x6E0 and 0x800-0x8FF to
 `read_msr`/`write_msr`, and runs the INTA cycle with `acknowledge()` when the CPU takes an
 interrupt.
@@ -56,7 +56,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum, IntFlag
-from typing import Any, Protocol
+from typing import Any
 
 from emu import layout
 from emu.devices.apic_message import (
@@ -68,7 +68,7 @@ from emu.devices.apic_message import (
     Shorthand,
 )
 from emu.devices.lapic_timer import ApicTimer, TimerMode
-from emu.platform import GuestTsc
+from emu.platform import CpuSignals, GuestTsc
 from emu.timers import TimerQueue
 
 log = logging.getLogger("emu.lapic")
@@ -199,24 +199,6 @@ class ApicMode(Enum):
 _ILLEGAL_TRANSITIONS = {(ApicMode.X2APIC, ApicMode.XAPIC), (ApicMode.DISABLED, ApicMode.X2APIC)}
 
 
-class ApicCpu(Protocol):
-    """What a local APIC signals to its CPU. Called with the APIC's lock held, from any thread:
-    must never block."""
-
-    def set_intr(self, pending: bool) -> None:
-        """An interrupt is deliverable (or no longer is): the CPU runs `acknowledge()` when it
-        takes it (IF=1, at an instruction boundary)."""
-
-    def nmi(self) -> None: ...
-
-    def init(self) -> None:
-        """INIT: the APIC has already reset its registers; the CPU resets and (an AP) waits for
-        STARTUP."""
-
-    def startup(self, vector: int) -> None:
-        """STARTUP (SIPI): a CPU waiting for it starts in real mode at vector << 12."""
-
-
 def _highest(bits: int) -> int | None:
     return bits.bit_length() - 1 if bits else None
 
@@ -261,7 +243,7 @@ class LocalApic:
         apic_id: int,
         timers: TimerQueue,
         bus: InterruptSink,
-        cpu: ApicCpu,
+        cpu: CpuSignals,
         *,
         timer_hz: int,
         bsp: bool,
