@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,9 @@ class Bus:
         self._mmio_starts: list[int] = []
         self._mmio: list[tuple[Range, MmioDevice]] = []
         self._logged: set[tuple[str, int]] = set()
+        #: The devices' lock (QEMU's big lock): held by a vCPU thread while a device handles its
+        #: access and by the machine while timers run, wherever several threads run vCPUs (KVM --smp).
+        self.lock = threading.RLock()
 
     # -- registration -------------------------------------------------------------------------
     def register_pio(self, base: int, size: int, dev: PortDevice, name: str) -> None:

@@ -96,6 +96,7 @@ class MachineConfig:
     triple_fault: TripleFaultPolicy = TripleFaultPolicy.ERROR
     deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
     acpi: bool = False  # --kernel: ACPI tables (virtio-mmio devices in the DSDT) instead of cmdline words
+    smp: int = 1  # vCPUs (--smp, QEMU's name): CPU 0 boots, the others wait for INIT-SIPI-SIPI
 
     # -- derived views ----------------------------------------------------------------------------
     @property
@@ -123,6 +124,9 @@ class MachineConfig:
         return out
 
 
+#: vCPUs each backend runs (--smp): Unicorn's are scheduled on one host thread, KVM's each have one.
+MAX_CPUS = {BackendName.UNICORN: 16, BackendName.KVM: 64}
+
 #: virtio transports that sit on virtio-mmio slots (the others are PCI functions).
 MMIO_TRANSPORTS = frozenset({VirtioTransport.MMIO, VirtioTransport.MMIO_LEGACY})
 
@@ -140,6 +144,9 @@ def validate(cfg: MachineConfig) -> None:
         raise EmuError("--acpi on only applies with --kernel (the BIOS path has no ACPI tables)")
     if cfg.deterministic and cfg.backend is not BackendName.UNICORN:
         raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
+    limit = MAX_CPUS[cfg.backend]
+    if not 1 <= cfg.smp <= limit:
+        raise EmuError(f"--smp {cfg.smp}: the {cfg.backend.value} backend runs 1 to {limit} vCPUs")
     if cfg.deterministic and cfg.nets:
         raise EmuError("--net cannot be used with --deterministic (frames arrive at host times)")
     if cfg.virtio_console is not None and not cfg.virtio_console.target:

@@ -118,8 +118,10 @@ class RunDriver(Protocol[H_co]):
         """The stop to return when `stop` was set (`in_hlt`: while the CPU waited in hlt)."""
 
 
-def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False) -> Backend:
-    """The backend `name`; `virtual_time`: guest time from executed code (--deterministic)."""
+def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False,
+                 cpus: int = 1) -> Backend:  # fmt: skip
+    """The backend `name` with `cpus` vCPUs; `virtual_time`: guest time from executed code
+    (--deterministic)."""
     if name is BackendName.KVM:
         if virtual_time:
             raise EmuError("--deterministic needs --backend unicorn (KVM runs on host time)")
@@ -128,14 +130,14 @@ def make_backend(name: BackendName, memory: GuestMemory, bus: Bus, *, virtual_ti
         except ImportError as e:
             raise HostError(f"the KVM backend cannot load: {e}") from None
         try:
-            return KvmBackend(memory, bus)
+            return KvmBackend(memory, bus, cpus=cpus)
         except BackendUnavailable as e:
             raise HostError(str(e)) from None
     from emu.backends.unicorn import UnicornBackend
 
     try:
         # emu emulates a local APIC (and kvmclock) for it: CPUID says so.
-        return UnicornBackend(memory, bus, virtual_time=virtual_time, local_apic=True)
+        return UnicornBackend(memory, bus, virtual_time=virtual_time, local_apic=True, cpus=cpus)
     except BackendUnavailable as e:
         raise HostError(str(e)) from None
 
@@ -178,7 +180,8 @@ class Machine:
         self.bios: Bios | None = None
         self._timer_thread: TimerThread | None = None
         try:
-            self.backend = make_backend(cfg.backend, self.memory, self.bus, virtual_time=cfg.deterministic)
+            self.backend = make_backend(cfg.backend, self.memory, self.bus, virtual_time=cfg.deterministic,
+                                        cpus=cfg.smp)  # fmt: skip
         except BaseException:
             self.memory.close()
             raise
@@ -218,10 +221,10 @@ class Machine:
         chip = self.backend.kernel_irqchip()
         if chip is not None:
             return chip
-        pin, msrs = self.backend.interrupt_pin(), self.backend.msr_router()
-        if pin is None or msrs is None:
+        pins, msrs = self.backend.interrupt_pins(), self.backend.msr_routers()
+        if pins is None or msrs is None:
             raise HostError(f"the {self.backend.name} backend has neither interrupt controllers nor an INTR pin")
-        return EmuIrqChip(self.bus, pin, self.timers, msrs, self.backend.guest_tsc())
+        return EmuIrqChip(self.bus, pins, self.timers, msrs, self.backend.guest_tsc(), self.backend.current_cpu)
 
     def irq_line(self, gsi: int) -> IrqLine:
         """Interrupt line `gsi` of the machine's controllers, for a device to raise and lower."""
@@ -256,10 +259,11 @@ class Machine:
         self.hpet = Hpet(self.timers, self.irq_line, on_legacy=self._set_hpet_legacy)
         self.hpet.register(self.bus)
         self.devices += [self.cmos, self.hpet]
-        msrs, tsc = self.backend.msr_router(), self.backend.guest_tsc()
-        if msrs is not None and tsc is not None:  # a backend without KVM's own kvmclock
-            kvmclock = KvmClock(self.memory, self.clock, tsc, epoch=epoch)
-            msrs.route(KVMCLOCK_MSRS, kvmclock)
+        routers, tsc = self.backend.msr_routers(), self.backend.guest_tsc()
+        if routers is not None and tsc is not None:  # a backend without KVM's own kvmclock
+            kvmclock = KvmClock(self.memory, self.clock, tsc, epoch=epoch, cpus=len(routers))
+            for cpu, router in enumerate(routers):
+                router.route(KVMCLOCK_MSRS, kvmclock.handler(cpu))
             self.devices.append(kvmclock)
         self.serial = Serial16550A(irq=self.irq_line(layout.IRQ_COM1), output=self.serial_out)
         self.serial.register(self.bus)
@@ -318,7 +322,8 @@ class Machine:
     def _boot(self) -> None:
         if self._kernel is not None:
             rsdp = write_acpi(self.memory, self._acpi_config()) if self.cfg.acpi else 0
-            state = load_kernel(self.memory, self._kernel, self.cfg.boot, rsdp, pci=self.pci.routes())
+            state = load_kernel(self.memory, self._kernel, self.cfg.boot, rsdp, pci=self.pci.routes(),
+                                cpus=self.cfg.smp)  # fmt: skip
         elif self.cfg.image is None:  # --bios, or the bundled BIOS booting --disk
             state = flat.load_firmware(self.memory, self._boot_data)
         else:
@@ -329,7 +334,7 @@ class Machine:
     def _acpi_config(self) -> AcpiConfig:
         slot = layout.VIRTIO_MMIO_SLOT_SIZE
         mmio = [MmioDevice(d.base, slot, d.irq) for d in self.virtio if isinstance(d, VirtioMmio)]
-        return AcpiConfig(lapic=self.irqchip.local_apic, hpet=True, mmio_devices=tuple(mmio),
+        return AcpiConfig(cpus=self.cfg.smp, lapic=self.irqchip.local_apic, hpet=True, mmio_devices=tuple(mmio),
                           pci_intx=tuple(self.pci.routes()))  # fmt: skip
 
     def _reboot(self) -> None:
@@ -356,7 +361,9 @@ class Machine:
         self.backend.request_stop()
 
     def _run_timers(self) -> None:
-        if self.timers.run_due() and self._timer_thread is not None:
+        with self.bus.lock:  # the devices' lock: other vCPU threads (KVM --smp) use them too
+            due = self.timers.run_due()
+        if due and self._timer_thread is not None:
             self._timer_thread.notify()
 
     def _set_a20(self, enabled: bool) -> None:
@@ -428,7 +435,7 @@ class Machine:
 
     def _result(self, status: int, reason: str, exit_: Exit | None = None) -> RunResult:
         try:
-            state = self.backend.get_state()
+            state = self.backend.get_state(exit_.detail.get("cpu", 0) if exit_ is not None else 0)
         except Exception:
             state = None
         return RunResult(

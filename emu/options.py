@@ -111,6 +111,16 @@ def _virtio_spec(text: str) -> VirtioSpec:
     return spec
 
 
+def _cpu_count(text: str) -> int:
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of CPUs: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a machine has at least 1 CPU, not {n}")
+    return n
+
+
 def add_machine_options(p: argparse.ArgumentParser) -> None:
     """The options that describe the machine: backend, memory, boot source, devices, policies."""
     p.add_argument("--backend", choices=[b.value for b in BackendName], default="unicorn",
@@ -163,7 +173,10 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
                         "time; console input is ignored")  # fmt: skip
     p.add_argument("--acpi", choices=["on", "off"], default="off",
                    help="with --kernel: ACPI tables (RSDP, FADT, DSDT listing the virtio-mmio devices; a MADT "
-                        "under kvm) instead of virtio_mmio.device= command-line words (default off)")  # fmt: skip
+                        "and HPET table) instead of virtio_mmio.device= command-line words (default off)")  # fmt: skip
+    p.add_argument("--smp", type=_cpu_count, default=1, metavar="N",
+                   help="vCPUs (default 1): CPU 0 boots, the others wait for INIT-SIPI-SIPI; the MP table "
+                        "and the MADT list them all")  # fmt: skip
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -201,7 +214,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
         modules=args.module, disks=disks, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
         triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
-        acpi=args.acpi == "on", nets=args.net, rng=args.rng, virtio_console=args.virtio_console,
+        acpi=args.acpi == "on", smp=args.smp, nets=args.net, rng=args.rng, virtio_console=args.virtio_console,
     )  # fmt: skip
     validate(cfg)
     return cfg

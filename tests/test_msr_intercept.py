@@ -66,8 +66,9 @@ def test_routed_msrs_reach_their_handler_and_refusals_raise_gp(tmp_path: Path) -
     image.write_bytes(assemble(GUEST, name="msr_intercept"))
     rec = Recorder()
     with Machine(MachineConfig(backend=BackendName.UNICORN, mem=8 << 20, image=image, load_addr=0x8000)) as m:
-        router = m.backend.msr_router()
-        assert router is not None
+        routers = m.backend.msr_routers()
+        assert routers is not None
+        router = routers[0]
         router.route((0x1B, 0x4B56_4D00, 0x4B56_4D01), rec)
         result = m.run()
         assert result.status == 0, result.reason
@@ -105,8 +106,9 @@ def test_an_msr_exit_after_int3_keeps_its_rip(tmp_path: Path) -> None:
     image = tmp_path / "after_int3.img"
     image.write_bytes(assemble(AFTER_INT3, name="msr_after_int3"))
     with Machine(MachineConfig(backend=BackendName.UNICORN, mem=8 << 20, image=image, load_addr=0x8000)) as m:
-        router = m.backend.msr_router()
-        assert router is not None
+        routers = m.backend.msr_routers()
+        assert routers is not None
+        router = routers[0]
         router.route((0x4B56_4D01,), Recorder())
         result = m.run()
         assert result.status == 0, result.reason
@@ -119,7 +121,7 @@ def test_kvm_runs_msrs_in_the_kernel_and_offers_no_router(tmp_path: Path) -> Non
     image = tmp_path / "hlt.img"
     image.write_bytes(b"\xf4")
     with Machine(MachineConfig(backend=BackendName.KVM, mem=8 << 20, image=image)) as m:
-        assert m.backend.msr_router() is None
+        assert m.backend.msr_routers() is None
 
 
 class FixedTsc:

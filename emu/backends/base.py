@@ -2,7 +2,7 @@
 
 Optional features are declared, never probed: `capabilities` lists the plain facts, and each
 optional interface is an accessor returning a typed object or None (`virtual_time()`,
-`event_fds()`, `block_trace()`, `kernel_irqchip()`, `interrupt_pin()`, `instruction_hooks()`,
+`event_fds()`, `block_trace()`, `kernel_irqchip()`, `interrupt_pins()`, `instruction_hooks()`,
 `guest_debug()`). Callers use only these; nothing outside a backend's package names a concrete
 backend class.
 """
@@ -10,7 +10,7 @@ backend class.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +38,8 @@ class ExitKind(Enum):
 
 @dataclass
 class Exit:
+    """Why run() returned. `detail["cpu"]`: the vCPU it concerns (absent: CPU 0)."""
+
     kind: ExitKind
     message: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
@@ -115,15 +117,21 @@ class Backend(abc.ABC):
 
     Port and MMIO accesses never surface as exits: the backend calls the Bus itself. Interrupts
     reach the CPU either through the backend's own in-kernel controllers (`kernel_irqchip()`)
-    or through its INTR pin driven by emu's controllers (`interrupt_pin()`); exactly one of the
-    two is not None.
+    or through their INTR pins driven by emu's controllers (`interrupt_pins()`); exactly one of
+    the two is not None.
+
+    Several CPUs (`cpus` > 1): CPU 0 is the bootstrap processor and starts at the state given
+    to set_state; the others wait for INIT-SIPI-SIPI. run() runs them all and returns when the
+    machine must look (an exit names its vCPU in `detail["cpu"]`); HALT only when every vCPU
+    waits. State accessors take the vCPU's index and are called while run() is not in progress.
     """
 
     name: str = "?"
 
-    def __init__(self, memory: GuestMemory, bus: Bus) -> None:
+    def __init__(self, memory: GuestMemory, bus: Bus, cpus: int = 1) -> None:
         self.memory = memory
         self.bus = bus
+        self.cpus = cpus
 
     # -- what the backend can do ------------------------------------------------------------------
     @property
@@ -134,16 +142,21 @@ class Backend(abc.ABC):
         """The interrupt controllers the backend emulates itself (KVM's in-kernel irqchip)."""
         return None
 
-    def interrupt_pin(self) -> InterruptPin | None:
-        """The CPU's INTR input, for a backend without controllers of its own (Unicorn)."""
+    def interrupt_pins(self) -> Sequence[InterruptPin] | None:
+        """Each vCPU's INTR input (and INIT, STARTUP, NMI), for a backend without interrupt
+        controllers of its own (Unicorn)."""
         return None
+
+    def current_cpu(self) -> int:
+        """The vCPU whose access a device is handling (its local APIC page and MSRs are its own)."""
+        return 0
 
     def virtual_time(self) -> VirtualTime | None:
         """Guest time from executed code (--deterministic), where the backend can count it."""
         return None
 
-    def msr_router(self) -> MsrRouter | None:
-        """Where emu's devices take over MSRs the backend lacks (Unicorn)."""
+    def msr_routers(self) -> Sequence[MsrRouter] | None:
+        """Per vCPU: where emu's devices take over MSRs the backend lacks (Unicorn)."""
         return None
 
     def guest_tsc(self) -> GuestTsc | None:
@@ -180,28 +193,35 @@ class Backend(abc.ABC):
         self.request_stop()
 
     @abc.abstractmethod
-    def step(self) -> Exit:
-        """Execute exactly one instruction and return DEBUG (or the exit it caused)."""
+    def step(self, cpu: int = 0) -> Exit:
+        """Execute exactly one instruction of vCPU `cpu` (the others stand still) and return
+        DEBUG (or the exit it caused)."""
 
     @abc.abstractmethod
-    def get_state(self) -> CpuState: ...
+    def get_state(self, cpu: int = 0) -> CpuState: ...
 
     @abc.abstractmethod
-    def set_state(self, state: CpuState) -> None: ...
+    def set_state(self, state: CpuState, cpu: int = 0) -> None: ...
+
+    def cpu_status(self, cpu: int) -> str:
+        """What vCPU `cpu` is doing, for `info cpus`: "running", "halted", "wait-for-sipi"."""
+        return "running"
 
     def set_a20(self, enabled: bool) -> None:
         """The A20 gate changed (masked only where `capabilities.a20_mask`)."""
 
     def reset_platform(self) -> None:
-        """A reboot: return what the backend emulates besides the CPU (KVM's in-kernel
-        interrupt controllers and PIT) to its power-on state."""
+        """A reboot: return what the backend emulates besides the bootstrap CPU's registers (KVM's
+        in-kernel interrupt controllers and PIT, the other vCPUs back to wait-for-SIPI) to its
+        power-on state."""
 
     def invalidate_code(self, paddr: int, size: int) -> None:
         """Guest memory at paddr was written from the host: drop any translated code there."""
 
     @abc.abstractmethod
     def is_halted_for_good(self) -> bool:
-        """True when the vCPU sits in hlt with interrupts masked (nothing can wake it)."""
+        """True when every vCPU sits in hlt with interrupts masked or waits for a STARTUP that
+        no running CPU can send (nothing can wake the machine)."""
 
     def close(self) -> None:
         """Release host resources; the backend is unusable afterwards."""

@@ -176,18 +176,20 @@ KVM_FEATURE_CLOCKSOURCE2 = 1 << 3
 KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1 << 24
 
 
-def unicorn_table(tsc_khz: int, *, local_apic: bool = False) -> dict[tuple[int, int], Regs]:
+def unicorn_table(tsc_khz: int, *, local_apic: bool = False, apic_id: int = 0) -> dict[tuple[int, int], Regs]:
     """Every leaf the Unicorn backend answers; other leaves read as the highest basic leaf
     (as Intel CPUs do). Leaf 0x15 gives the TSC frequency so Linux need not calibrate it
     against the PIT (the TSC Unicorn returns is the host's). With `local_apic` (emu emulates
-    one per vCPU, and kvmclock), the APIC features and KVM's signature and clock leaves."""
+    one per vCPU, and kvmclock), the APIC features and KVM's signature and clock leaves.
+    `apic_id`: the vCPU's initial APIC ID (leaf 1 EBX[31:24]); each vCPU is a package of its own,
+    as QEMU's -smp N gives by default."""
     feats = UNICORN_FEATURES | (UNICORN_APIC_EXTRAS if local_apic else frozenset())
     vendor = _vendor_regs(INTEL_VENDOR)
     max_basic, max_ext = 0x16, 0x8000_0008
     tsc_mhz = tsc_khz // 1000
     t: dict[tuple[int, int], Regs] = {
         (0, 0): (max_basic, vendor[0], vendor[2], vendor[1]),
-        (1, 0): _apply_features(1, (SIGNATURE, 8 << 8, 0, 0), feats),  # CLFLUSH line 8 qwords
+        (1, 0): _apply_features(1, (SIGNATURE, apic_id << 24 | 8 << 8, 0, 0), feats),  # CLFLUSH line 8 qwords
         (2, 0): (0x0000_0001, 0, 0, 0x002C_307D),  # cache/TLB descriptors (Unicorn's own)
         # Deterministic cache parameters: L1d, L1i 32 KiB, L2 256 KiB; one core, one thread.
         (4, 0): (0x121, 0x01C0_003F, 0x3F, 1),

@@ -19,7 +19,7 @@ from fractions import Fraction
 
 from emu.errors import GuestMemoryError
 from emu.memory import GuestMemory
-from emu.platform import GuestTsc
+from emu.platform import GuestTsc, MsrHandler
 from emu.timers import Clock, wall_ns_at_zero
 
 log = logging.getLogger("emu.kvmclock")
@@ -51,9 +51,11 @@ def time_scale(tsc_khz: int) -> tuple[int, int]:
 class KvmClock:
     """The kvmclock MSRs (emu.platform.MsrHandler) and the structures they point at."""
 
-    def __init__(self, memory: GuestMemory, clock: Clock, tsc: GuestTsc, *, epoch: float | None = None) -> None:
+    def __init__(self, memory: GuestMemory, clock: Clock, tsc: GuestTsc, *, epoch: float | None = None,
+                 cpus: int = 1) -> None:  # fmt: skip
         """`epoch`: the wall-clock time (Unix seconds) at clock time 0 of a deterministic run; None:
-        the host's time now."""
+        the host's time now. `cpus`: vCPUs, each with its own MSRs (`handler(cpu)`); this object
+        is CPU 0's."""
         self._memory = memory
         self._clock = clock
         self._tsc = tsc
@@ -61,7 +63,16 @@ class KvmClock:
         # The wall-clock time at system_time 0: what the guest adds system_time to.
         self._wall_at_start = wall_ns_at_zero(clock, epoch) + self._start_ns
         self._mul, self._shift = time_scale(tsc.khz)
-        self._msrs = dict.fromkeys(MSRS, 0)
+        self._cpus = [dict.fromkeys(MSRS, 0) for _ in range(cpus)]
+        self._msrs = self._cpus[0]
+        # One (TSC, clock) reading for every vCPU's structure: readings taken apart would differ
+        # by their sampling error, and a guest trusting the stable bit would see time step back
+        # between CPUs. Both run at fixed rates, so one reading serves for ever.
+        self._reference: tuple[int, int] | None = None
+
+    def handler(self, cpu: int) -> MsrHandler:
+        """The kvmclock MSRs of vCPU `cpu`."""
+        return self if cpu == 0 else _CpuKvmClock(self, self._cpus[cpu])
 
     @property
     def scale(self) -> tuple[int, int]:
@@ -71,9 +82,12 @@ class KvmClock:
         return self._msrs.get(msr)
 
     def write_msr(self, msr: int, value: int) -> bool:
-        if msr not in self._msrs:
+        return self.write_cpu_msr(self._msrs, msr, value)
+
+    def write_cpu_msr(self, msrs: dict[int, int], msr: int, value: int) -> bool:
+        if msr not in msrs:
             return False
-        self._msrs[msr] = value
+        msrs[msr] = value
         if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW) and value & 1:
             self._write(value & ~0x1F, self._time_info(), "system time")  # 32-byte aligned
         elif msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
@@ -82,10 +96,14 @@ class KvmClock:
         return True
 
     def reset(self) -> None:
-        self._msrs = dict.fromkeys(MSRS, 0)
+        for msrs in self._cpus:
+            msrs.update(dict.fromkeys(MSRS, 0))
+        self._reference = None
 
     def _time_info(self) -> bytes:
-        tsc, ns = self._tsc.read(), self._clock.now_ns()
+        if self._reference is None:
+            self._reference = self._tsc.read(), self._clock.now_ns()
+        tsc, ns = self._reference
         # An even version: the guest reads a consistent copy (emu writes while the vCPU is stopped).
         return _TIME_INFO.pack(2, 0, tsc, ns - self._start_ns, self._mul, self._shift, PVCLOCK_TSC_STABLE_BIT)
 
@@ -94,3 +112,17 @@ class KvmClock:
             self._memory.write(addr, data)
         except GuestMemoryError:
             log.debug("kvmclock %s at %#x is outside guest RAM: ignored", what, addr)
+
+
+class _CpuKvmClock:
+    """Another vCPU's kvmclock MSRs (emu.platform.MsrHandler) over the shared clock."""
+
+    def __init__(self, clock: KvmClock, msrs: dict[int, int]) -> None:
+        self._clock = clock
+        self._msrs = msrs
+
+    def read_msr(self, msr: int) -> int | None:
+        return self._msrs.get(msr)
+
+    def write_msr(self, msr: int, value: int) -> bool:
+        return self._clock.write_cpu_msr(self._msrs, msr, value)

@@ -11,7 +11,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import unicorn
 from unicorn import x86_const as X
@@ -34,6 +35,8 @@ from emu.backends.unicorn.exact_stop import ExactStop
 from emu.backends.unicorn.guest_tsc import UnicornTsc
 from emu.backends.unicorn.msr_intercept import MSR_EXIT, RDMSR, WRMSR, MsrIntercept
 from emu.backends.unicorn.native import NativeHooks
+from emu.backends.unicorn.smp import Scheduler
+from emu.backends.unicorn.vcpu import Vcpu, VcpuMsrs, VcpuPin
 from emu.backends.unicorn.virtual_time import UnicornVirtualTime
 from emu.bus import Bus
 from emu.cpu import cpuid, paging, x86
@@ -44,6 +47,7 @@ from emu.memory import GuestMemory
 from emu.platform import GuestTsc, InterruptPin
 
 log = logging.getLogger("emu.unicorn")
+T = TypeVar("T")
 
 _FP_REGS = [getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)]
 _XMM_REGS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
@@ -84,15 +88,17 @@ def host_tsc_khz() -> int:
 
 
 class UnicornBackend(Backend):
-    """Also the CPU's INTR pin (emu's interrupt controllers drive it) and the debugger's
-    instruction hooks."""
+    """`cpus` vCPUs on one Unicorn engine over the machine's memory and bus (vcpu.py, smp.py).
+    Also the debugger's instruction hooks."""
 
     name = "unicorn"
 
-    def __init__(self, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False, local_apic: bool = False) -> None:
+    def __init__(self, memory: GuestMemory, bus: Bus, *, virtual_time: bool = False, local_apic: bool = False,
+                 cpus: int = 1) -> None:  # fmt: skip
         """`local_apic`: CPUID shows the local APIC, x2APIC, TSC-deadline and kvmclock, which the
-        machine then emulates (their MSRs come through `msr_router()`)."""
-        super().__init__(memory, bus)
+        machine then emulates (their MSRs come through `msr_routers()`). `cpus`: vCPU 0 is the
+        bootstrap processor, the others start waiting for STARTUP."""
+        super().__init__(memory, bus, cpus)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         R.self_test(self.uc)
         # No exit addresses at all (emu stops runs itself). With `until` in use, every return
@@ -105,10 +111,6 @@ class UnicornBackend(Backend):
         self._in_emu = False
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
-        self._intr_pending = False
-        self._nmi_pending = False
-        self._init_pending = False
-        self._acknowledge: Callable[[], int] | None = None  # the INTA cycle of emu's controller
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
         self._window_thread: threading.Thread | None = None
         self._closed = False
@@ -126,29 +128,35 @@ class UnicornBackend(Backend):
         # measured in executed code, never by host-time threads.
         self._virtual = UnicornVirtualTime(self._native) if virtual_time else None
         self.tsc_khz = self._virtual.tsc_khz if self._virtual is not None else host_tsc_khz()
-        self._cpuid = cpuid.unicorn_table(self.tsc_khz, local_apic=local_apic)
         self._tsc = UnicornTsc(self.tsc_khz, self._virtual)
-        if self._virtual is not None:
-            # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
-            rdtscp = cpuid.Feature.RDTSCP
-            regs = list(self._cpuid[(rdtscp.leaf, 0)])
-            regs[rdtscp.reg.value] &= ~rdtscp.mask
-            self._cpuid[(rdtscp.leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
-        self.set_state(CpuState())
+        self._vcpus = [Vcpu(i, self._cpuid_table(i, local_apic)) for i in range(cpus)]
+        self._v = self._vcpus[0]  # the vCPU whose state is in the engine
+        self._pins = [VcpuPin(self, v) for v in self._vcpus]
+        self._routers = [VcpuMsrs(self._msrs, v) for v in self._vcpus]
+        self._scheduler = Scheduler(self, virtual=self._virtual) if cpus > 1 else None
+        for v in reversed(self._vcpus):  # every vCPU at power-on, vCPU 0 left in the engine
+            v.power_on()
+            self._v = v
+            self.set_state(CpuState(), v.index)
+            if v.index:
+                v.context = self.uc.context_save()
 
     # -- what this backend can do -----------------------------------------------------------------
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(a20_mask=True, in_kernel_pit=False, data_breakpoints=True)
 
-    def interrupt_pin(self) -> InterruptPin:
-        return self
+    def interrupt_pins(self) -> Sequence[InterruptPin]:
+        return self._pins
+
+    def current_cpu(self) -> int:
+        return self._v.index
 
     def virtual_time(self) -> VirtualTime | None:
         return self._virtual
 
-    def msr_router(self) -> MsrRouter:
-        return self._msrs
+    def msr_routers(self) -> Sequence[MsrRouter]:
+        return self._routers
 
     def guest_tsc(self) -> GuestTsc:
         return self._tsc
@@ -162,6 +170,16 @@ class UnicornBackend(Backend):
         return self
 
     # -- set-up -----------------------------------------------------------------------------------
+    def _cpuid_table(self, apic_id: int, local_apic: bool) -> dict[tuple[int, int], cpuid.Regs]:
+        table = cpuid.unicorn_table(self.tsc_khz, local_apic=local_apic, apic_id=apic_id)
+        if self._virtual is not None:
+            # rdtscp would need TSC_AUX in ECX, which the native hook does not write: hide it.
+            rdtscp = cpuid.Feature.RDTSCP
+            regs = list(table[(rdtscp.leaf, 0)])
+            regs[rdtscp.reg.value] &= ~rdtscp.mask
+            table[(rdtscp.leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
+        return table
+
     def _map_memory(self) -> None:
         regions = sorted(self.memory.regions, key=lambda r: r.gpa)
         for r in regions:
@@ -229,7 +247,7 @@ class UnicornBackend(Backend):
         if opcode not in (RDMSR, WRMSR):  # EIP lost (see _deliver's exception_is_int): say so
             self._stop_with(Exit(ExitKind.ERROR, f"MSR exit at {rip:#x}, which holds {opcode.hex()}, not rdmsr/wrmsr"))
             return
-        if not self._msrs.access(self.uc, write=opcode == WRMSR):
+        if not self._msrs.access(self.uc, opcode == WRMSR, self._v.handlers):
             self._deliver(R.RawContext.save(self.uc), Event(13, EventKind.EXCEPTION, 0))
             return
         raw = R.RawContext.save(self.uc)  # the handler wrote RAX/RDX
@@ -241,7 +259,7 @@ class UnicornBackend(Backend):
         leaf = uc.reg_read(X.UC_X86_REG_EAX)
         sub = uc.reg_read(X.UC_X86_REG_ECX)
         # Nothing in the table is dynamic: OSXSAVE would mirror CR4, but the model has no XSAVE.
-        a, b, c, d = cpuid.unicorn_lookup(self._cpuid, leaf, sub)
+        a, b, c, d = cpuid.unicorn_lookup(self._v.cpuid, leaf, sub)
         uc.reg_write(X.UC_X86_REG_RAX, a)
         uc.reg_write(X.UC_X86_REG_RBX, b)
         uc.reg_write(X.UC_X86_REG_RCX, c)
@@ -367,15 +385,29 @@ class UnicornBackend(Backend):
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> Exit:
         self._vcpu_thread = threading.get_ident()
+        if self._scheduler is not None:
+            return self._scheduler.run()
+        return self.run_current()
+
+    def run_current(self) -> Exit:
+        """Run the vCPU in the engine (`current_cpu()`) until something must be looked at."""
+        self._vcpu_thread = threading.get_ident()
         self._discard_io = False
-        if self._init_pending:
-            self._init_pending = False
-            self._nmi_pending = False
-            self.set_state(CpuState())  # this CPU is the bootstrap processor: the reset vector
-        if self._nmi_pending:
-            self._nmi_pending = False
+        v = self._v
+        if v.init_pending:
+            v.init_pending = v.nmi_pending = False
+            self.set_state(CpuState(), v.index)  # the bootstrap processor: the reset vector
+            if v.index != 0:  # an application processor: wait for STARTUP (SDM vol. 3A 8.4.1)
+                v.wait_sipi, v.sipi_vector = True, None
+        if v.wait_sipi:
+            if v.sipi_vector is None:
+                return Exit(ExitKind.HALT, "waiting for STARTUP")
+            self._start_up(v.sipi_vector)
+        v.halted = False
+        if v.nmi_pending:
+            v.nmi_pending = False
             self._deliver(R.RawContext.save(self.uc), Event(2, EventKind.NMI))
-        if self._intr_pending and self._acknowledge is not None:
+        if v.intr_pending and v.acknowledge is not None:
             self._inject_external()
         if self._pending is not None:
             exit_, self._pending = self._pending, None
@@ -404,6 +436,7 @@ class UnicornBackend(Backend):
         # reporting an interruption would let the guest run on past it.
         if self._stop_requested and self._kick.taken == kicks and self._halted_with_interrupts_off():
             self._stop_requested = False
+            self._v.halted, self._v.if_at_halt = True, False
             return Exit(ExitKind.HALT, detail={"for_good": True})
         # A kick armed just after the previous run ended can stop this one with no request
         # outstanding: that is an interruption too, not an engine quirk.
@@ -424,8 +457,9 @@ class UnicornBackend(Backend):
         self._window.clear()
         if self._virtual is not None:
             self._virtual.set_window_poll(None)
-        assert self._acknowledge is not None
-        vector = self._acknowledge()  # the INTA cycle: the controller moves the line to in-service
+        acknowledge = self._v.acknowledge
+        assert acknowledge is not None
+        vector = acknowledge()  # the INTA cycle: the controller moves the line to in-service
         self._deliver(raw, Event(vector, EventKind.EXTERNAL))
 
     def _arm_window_poll(self) -> None:
@@ -455,6 +489,8 @@ class UnicornBackend(Backend):
         """emu_start returned on its own: hlt (RIP is just past it) or an engine quirk."""
         raw = R.RawContext.save(self.uc)
         if self._peek_byte_before(raw) == 0xF4:
+            self._v.halted = True
+            self._v.if_at_halt = bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF)
             return Exit(ExitKind.HALT)
         return Exit(ExitKind.ERROR, f"emulation stopped unexpectedly at RIP {raw.u64(R.OFF_EIP):#x}")
 
@@ -483,44 +519,65 @@ class UnicornBackend(Backend):
         self._discard_io = True
         self.request_stop()
 
-    # -- the INTR pin (emu/platform.py's InterruptPin) ------------------------------------------
-    def connect(self, acknowledge: Callable[[], int]) -> None:
-        self._acknowledge = acknowledge
+    # -- vCPUs ------------------------------------------------------------------------------------
+    def vcpu(self, index: int) -> Vcpu:
+        return self._vcpus[index]
 
-    def set_intr(self, pending: bool) -> None:
-        """INTR from emu's interrupt controller, from any thread and possibly under its lock: it
-        never blocks. A new interrupt stops the run so that run() can deliver it."""
-        self._intr_pending = pending
-        if not pending:
-            self._window.clear()
-            if self._virtual is not None:
-                self._virtual.set_window_poll(None)
+    def switch_to(self, index: int) -> None:
+        """Put vCPU `index`'s state in the engine (between runs). Its translations stay valid (one
+        cache for all vCPUs, found by physical page and CPU mode); the TLB and the jump cache,
+        which are per address space, go."""
+        v = self._vcpus[index]
+        if v is self._v:
+            return
+        self._v.context = self.uc.context_save()
+        assert v.context is not None
+        self.uc.context_restore(v.context)
+        v.context = None
+        self._v = v
+        self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+
+    def event_for(self, v: Vcpu) -> None:
+        """An interrupt, NMI, INIT or STARTUP arrived for `v` (any thread, maybe under a device's
+        lock: never blocks). The running vCPU's run stops so run() can deliver it; another
+        vCPU's event makes the scheduler switch soon."""
+        if v is not self._v and self._scheduler is not None:
+            self._scheduler.wake(v.index)
         elif self._in_emu or threading.get_ident() != self._vcpu_thread:
             self.request_stop()
 
-    def nmi(self) -> None:
-        # Delivered at the start of the next run, whatever IF says. Not modelled: NMI blocking
-        # until the handler's iret (a second NMI meanwhile is delivered at once).
-        self._nmi_pending = True
-        self._stop_for_event()
+    def start_up(self, v: Vcpu, vector: int) -> None:
+        """STARTUP starts an application processor waiting for it at vector:0000 in real mode;
+        otherwise it is ignored (a running CPU, the bootstrap processor: SDM vol. 3A 8.4.4)."""
+        if not v.wait_sipi or v.sipi_vector is not None:
+            log.debug("STARTUP %#x to CPU %d, which does not wait for one: ignored", vector, v.index)
+            return
+        v.sipi_vector = vector
+        self.event_for(v)
 
-    def init(self) -> None:
-        self._init_pending = True
-        self._stop_for_event()
+    def _start_up(self, vector: int) -> None:
+        """Leave wait-for-SIPI: CS = vector << 8 (base vector << 12), IP = 0, the rest as INIT left it."""
+        state = self.get_state(self._v.index)
+        state.cs = Segment.real(vector << 8, code=True)
+        state.rip = 0
+        self.set_state(state, self._v.index)
+        self._v.wait_sipi, self._v.sipi_vector = False, None
 
-    def startup(self, vector: int) -> None:
-        """The bootstrap processor never waits for STARTUP: ignored (SDM vol. 3A 8.4.4)."""
-        log.debug("STARTUP %#x to the bootstrap processor ignored", vector)
+    def accepts_interrupt(self, v: Vcpu) -> bool:
+        """`v` has an interrupt pending and accepts it (IF=1)."""
+        if not v.intr_pending:
+            return False
+        if v is self._v:
+            return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF)
+        return not v.halted or v.if_at_halt
 
-    def _stop_for_event(self) -> None:
-        if self._in_emu or threading.get_ident() != self._vcpu_thread:
-            self.request_stop()
+    def clear_window(self) -> None:
+        self._window.clear()
+        if self._virtual is not None:
+            self._virtual.set_window_poll(None)
 
-    def accepts_interrupt(self) -> bool:
-        """An interrupt is pending and the guest accepts it (IF=1)."""
-        return self._intr_pending and bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF)
-
-    def step(self) -> Exit:
+    def step(self, cpu: int = 0) -> Exit:
+        self.switch_to(cpu)
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         # `count` works through a code hook, which Unicorn only puts in blocks translated after
         # the hook was added: flush when stepping starts (a normal run removes the hook, and
@@ -542,6 +599,9 @@ class UnicornBackend(Backend):
         it. Called from I/O hooks or between runs; cached translations must go with it."""
         raw = R.RawContext.save(self.uc)
         mask = -1 if enabled else ~(1 << 20)
+        for v in self._vcpus:  # one bus for all: the vCPUs switched out get it in their contexts
+            if v.context is not None:
+                R.RawContext.of(v.context).set_i32(R.OFF_A20_MASK, mask)
         if raw.i32(R.OFF_A20_MASK) != mask:
             raw.set_i32(R.OFF_A20_MASK, mask)
             raw.restore(self.uc)
@@ -558,9 +618,28 @@ class UnicornBackend(Backend):
         else:
             self.uc.ctl_remove_cache(paddr, paddr + size)
 
+    def cpu_status(self, cpu: int) -> str:
+        return self._vcpus[cpu].status()
+
     def is_halted_for_good(self) -> bool:
-        # hlt with IF=0: only NMI or reset can wake it, and no device here raises NMI.
-        return not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF
+        # hlt with IF=0 (or waiting for STARTUP): only NMI, INIT or reset can wake it, and no
+        # device here raises NMI.
+        if self.cpus == 1:
+            v = self._v
+            return not (v.init_pending or v.nmi_pending) and not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & x86.FLAG_IF
+        return all(v.halted_for_good() for v in self._vcpus)
+
+    def reset_platform(self) -> None:
+        """Every application processor back to power-on, waiting for STARTUP; vCPU 0 in the engine."""
+        if self.cpus == 1:
+            self._v.power_on()
+            return
+        for v in reversed(self._vcpus):
+            self.switch_to(v.index)
+            v.power_on()
+            self.set_state(CpuState(), v.index)
+        assert self._scheduler is not None
+        self._scheduler.reset()
 
     # -- state ------------------------------------------------------------------------------------
     def _state_from_raw(self, raw: R.RawContext, rflags: int) -> CpuState:
@@ -576,7 +655,9 @@ class UnicornBackend(Backend):
         s.gdt, s.idt = raw.table("gdt"), raw.table("idt")
         return s
 
-    def get_state(self) -> CpuState:
+    def get_state(self, cpu: int = 0) -> CpuState:
+        if cpu != self._v.index:
+            return self._with_vcpu(cpu, lambda: self.get_state(cpu))
         uc = self.uc
         raw = R.RawContext.save(uc)
         s = self._state_from_raw(raw, uc.reg_read(X.UC_X86_REG_RFLAGS))
@@ -595,7 +676,10 @@ class UnicornBackend(Backend):
         )
         return s
 
-    def set_state(self, state: CpuState) -> None:
+    def set_state(self, state: CpuState, cpu: int = 0) -> None:
+        if cpu != self._v.index:
+            self._with_vcpu(cpu, lambda: self.set_state(state, cpu))
+            return
         uc = self.uc
         raw = R.RawContext.save(uc)
         for i, name in enumerate(R.RAW_GPRS):
@@ -631,7 +715,18 @@ class UnicornBackend(Backend):
         # blocks need no flush: QEMU finds them by physical page and by the (recomputed) hflags.
         uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
+    def _with_vcpu(self, cpu: int, action: Callable[[], T]) -> T:
+        """`action` with vCPU `cpu` in the engine (between runs), then the running one back."""
+        current = self._v.index
+        self.switch_to(cpu)
+        try:
+            return action()
+        finally:
+            self.switch_to(current)
+
     def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
         # Unicorn frees the engine when the object is collected; only the window-poll thread ends.
         self._closed = True
         self._window.set()

@@ -54,17 +54,16 @@ def _bit(msr: int) -> int | None:
 
 
 class MsrIntercept:
-    """Routes intercepted MSRs to handlers; owns the permission map the engine reads."""
+    """The permission map the engine reads, and the dispatch of an intercepted access to the
+    running vCPU's handler (each vCPU routes its own: emu/backends/unicorn/vcpu.py)."""
 
     def __init__(self) -> None:
         self._bitmap = bytearray(_MSRPM_SIZE)
-        self._handlers: dict[int, MsrHandler] = {}
 
-    def route(self, msrs: Iterable[int], handler: MsrHandler) -> None:
-        """Send rdmsr/wrmsr of `msrs` to `handler` (translated code needs no flush: the engine
-        reads the map on every access)."""
+    def intercept(self, msrs: Iterable[int]) -> None:
+        """Make rdmsr/wrmsr of `msrs` exit (translated code needs no flush: the engine reads the
+        map on every access)."""
         for msr in msrs:
-            self._handlers[msr] = handler
             bit = _bit(msr)
             if bit is not None:
                 self._bitmap[bit // 8] |= 3 << (bit % 8)
@@ -95,10 +94,12 @@ class MsrIntercept:
         pass  # the exit code QEMU stores into the VMCB: emu decodes the instruction instead
 
     # -- an exit --------------------------------------------------------------------------------
-    def access(self, uc: unicorn.Uc, write: bool) -> bool:
-        """Perform the intercepted rdmsr (`write` False) or wrmsr; False: the CPU raises #GP(0)."""
+    @staticmethod
+    def access(uc: unicorn.Uc, write: bool, handlers: dict[int, MsrHandler]) -> bool:
+        """Perform the intercepted rdmsr (`write` False) or wrmsr with the vCPU's `handlers`;
+        False: the CPU raises #GP(0)."""
         msr = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFF_FFFF
-        handler = self._handlers.get(msr)
+        handler = handlers.get(msr)
         if write:
             value = (uc.reg_read(X.UC_X86_REG_EDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF_FFFF
             return handler.write_msr(msr, value) if handler is not None else True

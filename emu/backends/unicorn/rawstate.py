@@ -115,9 +115,14 @@ class RawContext:
 
     @classmethod
     def save(cls, uc: unicorn.Uc) -> RawContext:
-        ctx = uc.context_save()
-        buf = (ctypes.c_char * ctx.size).from_address(ctypes.cast(ctx._context, ctypes.c_void_p).value)
-        return cls(ctx, buf)
+        return cls.of(uc.context_save())
+
+    @classmethod
+    def of(cls, ctx: UcContext) -> RawContext:
+        """A view of a context saved earlier (edits go into it)."""
+        address = ctypes.cast(ctx._context, ctypes.c_void_p).value
+        assert address is not None
+        return cls(ctx, (ctypes.c_char * ctx.size).from_address(address))
 
     def restore(self, uc: unicorn.Uc) -> None:
         uc.context_restore(self.ctx)

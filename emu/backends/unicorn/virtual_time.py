@@ -33,6 +33,7 @@ class UnicornVirtualTime:
         native.add_hook(unicorn.UC_HOOK_INSN, "emu_rdtsc_hook", ctypes.c_int(unicorn.x86_const.UC_X86_INS_RDTSC))
         self._deadline_ns: int | None = None
         self._window_ns: int | None = None
+        self._slice_end_ns: int | None = None
 
     def now_ns(self) -> int:
         return int(self._cell.code_bytes) // BYTES_PER_NS + int(self._cell.idle_ns)
@@ -56,8 +57,16 @@ class UnicornVirtualTime:
         self._window_ns = ns
         self._apply()
 
+    def set_slice(self, ns: int | None) -> None:
+        """Also end the run `ns` from now: the running vCPU's time slice (--smp); None: no slice."""
+        self._slice_end_ns = None if ns is None else self.now_ns() + ns
+        self._apply()
+
+    def slice_over(self) -> bool:
+        return self._slice_end_ns is not None and self.now_ns() >= self._slice_end_ns
+
     def _apply(self) -> None:
-        budget = [t for t in (self._deadline_ns, self._window_ns) if t is not None]
+        budget = [t for t in (self._deadline_ns, self._window_ns, self._slice_end_ns) if t is not None]
         if not budget:
             self._cell.stop_at_bytes = NEVER
             return

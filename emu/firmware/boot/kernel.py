@@ -69,7 +69,8 @@ def read_inputs(kernel: Path, initrd: Path | None, modules: Sequence[Path], cmdl
 
 
 def load_kernel(
-    memory: GuestMemory, inp: KernelInputs, boot: BootKind, rsdp: int = 0, pci: Sequence[PciRoute] = ()
+    memory: GuestMemory, inp: KernelInputs, boot: BootKind, rsdp: int = 0, pci: Sequence[PciRoute] = (),
+    cpus: int = 1,
 ) -> CpuState:
     """Write the kernel, initrd and modules into guest RAM with the MP table (listing the `pci`
     slots' interrupt wiring), entered by protocol `boot` (AUTO: detected); return the entry state.
@@ -78,7 +79,7 @@ def load_kernel(
     acpi_rsdp_addr for bzImage and vmlinux, hvm_start_info.rsdp_paddr for PVH; multiboot has no
     field, so such a kernel finds it by scanning 0xE0000-0xFFFFF, where emu puts it."""
     state, kind = _load(memory, inp, boot)
-    write_mptable(memory, pci=pci)
+    write_mptable(memory, cpus, pci=pci)
     if rsdp:
         if kind in (BootKind.BZIMAGE, BootKind.ELF):
             memory.write(layout.ZERO_PAGE_ADDR + zeropage.ACPI_RSDP_ADDR, struct.pack("<Q", rsdp))
