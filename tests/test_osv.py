@@ -21,17 +21,19 @@ def ramfs_kernel() -> Path:
     return RAMFS
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
 @pytest.mark.parametrize("acpi", ["off", "on"])
-def test_osv_ramfs_says_hello(ramfs_kernel: Path, acpi: str) -> None:
+def test_osv_ramfs_says_hello(ramfs_kernel: Path, acpi: str, cpus: int) -> None:
+    """With --smp 2 OSv finds the second CPU in the MP table (acpi off) or the MADT and starts it."""
     p = emu_run(
         "--kernel", str(ramfs_kernel), "--cmdline", "--verbose --bootchart --rootfs=ramfs /hello", "--acpi", acpi,
-        "--no-reboot", "--timeout", "60",
+        "--no-reboot", "--timeout", "60", "--smp", str(cpus),
         timeout=120,
     )  # fmt: skip
     out = p.stdout
     assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}\n{out[-3000:]}"
     assert "Neither paravirtual clock nor HPET" not in out
-    assert "1 CPUs detected" in out
+    assert f"{cpus} CPUs detected" in out
     assert "Hello from C code" in out
     # Its power-off: ACPI S5 where the DSDT declares it, else a reset (here: --no-reboot's end).
     ending = "guest powered off (ACPI S5)" if acpi == "on" else "guest requested a reset (--no-reboot)"
