@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from emu.cpu import paging
 from emu.cpu.state import ALL_SEGMENT_NAMES, GPR_NAMES, CpuState
 from emu.debugger.history import HistoryView
-from emu.debugger.stops import Breakpoint, Stop, Watchpoint
+from emu.debugger.stops import Breakpoint, CpuLine, Stop, Watchpoint
 from emu.debugger.views import (
     BootView,
     DisasmLine,
@@ -26,7 +27,15 @@ def stop_line(stop: Stop) -> str:
     n = stop.executed
     count = f", {n} instruction{'s' if n != 1 else ''}" if n > 0 else ""
     status = f", exit status {stop.exit_status}" if stop.exit_status is not None else ""
-    return f"stopped ({stop.kind.value}{count}{status}): {stop.message}"
+    cpu = f" on vCPU {stop.detail['cpu']}" if "cpu" in stop.detail else ""
+    return f"stopped ({stop.kind.value}{count}{status}){cpu}: {stop.message}"
+
+
+def cpus_text(cpus: Sequence[CpuLine]) -> str:
+    """`info cpus`: one line a vCPU, the selected one marked, as gdb marks its current thread."""
+    return "\n".join(
+        f"{'*' if c.selected else ' '} {c.index:<3} {c.status:<14} {c.mode:<10} {c.cs:04x}:{c.rip:#x}" for c in cpus
+    )
 
 
 def breakpoint_line(b: Breakpoint) -> str:

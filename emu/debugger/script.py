@@ -33,7 +33,8 @@ x/FMT ADDR | xp/FMT ADDR      memory at a linear (x) or physical (xp) address; F
 print EXPR | p EXPR           evaluate an expression (registers, byte/word/dword/qword [ADDR])
 set $REG = VALUE              write a 64-bit register, rip or rflags
 disas [LOC [N]]               disassemble (default: around the current instruction)
-info registers|r|gdt|idt|ivt|tss|ldt|tab|mode|break|pic|apic|e820|boot|serial|vga|history|backend
+info registers|r|gdt|idt|ivt|tss|ldt|tab|mode|break|pic|apic|e820|boot|serial|vga|history|backend|cpus
+cpu N                         choose the vCPU that commands show and change (--smp; a stop chooses the one that stopped)
 creg | sreg | page ADDR | print-stack [N]   Bochs: control registers, segment registers, page walk, stack
 echo TEXT | quit | q | help
 """
@@ -66,7 +67,7 @@ class ScriptRunner:
             "disas": self.cmd_disas, "disassemble": self.cmd_disas,
             "info": self.cmd_info, "i": self.cmd_info, "creg": self.cmd_creg, "sreg": self.cmd_sreg,
             "page": self.cmd_page, "print-stack": self.cmd_stack, "echo": self.cmd_echo,
-            "quit": self.cmd_quit, "q": self.cmd_quit, "help": self.cmd_help,
+            "quit": self.cmd_quit, "q": self.cmd_quit, "help": self.cmd_help, "cpu": self.cmd_cpu,
         }  # fmt: skip
 
     # -- driving ----------------------------------------------------------------------------------
@@ -309,6 +310,8 @@ class ScriptRunner:
             self.write("\n".join(views.vga_text(s)) or "(the VGA text screen is blank)")
         elif what == "history":
             self.write(render.history_text(*views.history_view(s, self._count(rest, 16) if rest else 16)))
+        elif what in ("cpus", "threads"):
+            self.write(render.cpus_text(s.cpus()))
         elif what == "backend":
             self.write(f"backend {s.machine.cfg.backend.value}")
             for name, why in s.capabilities().items():
@@ -330,6 +333,15 @@ class ScriptRunner:
                     CatchKind.EXCEPTION: f"exception {c.vector:#x}" if c.vector is not None else "exception",
                     CatchKind.CR_WRITE: "writes to " + ", ".join(sorted(c.regs)).upper()}[c.kind]  # fmt: skip
             self.write(f"{c.number:<3} catch   {what}" + ("" if c.enabled else " (disabled)"))
+
+    def cmd_cpu(self, arg: str) -> None:
+        try:
+            cpu = int(arg, 0)
+        except ValueError:
+            raise EmuError(f"not a vCPU number: {arg!r}") from None
+        self.s.select_cpu(cpu)
+        st = self.s.state()
+        self.write(f"vCPU {self.s.cpu} ({self.s.backend.cpu_status(self.s.cpu)}): {render.where_line(st, None)}")
 
     def cmd_creg(self, arg: str) -> None:
         self.write(render.cregs_text(views.register_view(self.s.state())))

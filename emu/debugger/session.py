@@ -34,6 +34,7 @@ from emu.debugger.stops import (
     Breakpoint,
     CatchKind,
     Catchpoint,
+    CpuLine,
     Stop,
     StopKind,
     Unsupported,
@@ -124,6 +125,7 @@ class DebugSession:
         self.symbols = symbols or Symbols.empty()
         self._numbers = 1
         self._state: CpuState | None = None
+        self._cpu: int | None = None  # the vCPU chosen with `cpu N` (None: the one that stopped)
         self.finished: Stop | None = None
         self._condition_error: str | None = None
         self.engine: Engine = make_engine(self.backend, self.memory, self.points, self.history)
@@ -159,10 +161,33 @@ class DebugSession:
 
     # -- state and memory -------------------------------------------------------------------------
     def state(self) -> CpuState:
-        """The CPU state of the paused guest (cached until the next execution command)."""
+        """The selected vCPU's state in the paused guest (cached until the next execution
+        command or `cpu N`)."""
         if self._state is None:
-            self._state = self.backend.get_state()
+            self._state = self.backend.get_state(self.cpu)
         return self._state
+
+    # -- vCPUs (--smp) -----------------------------------------------------------------------------
+    @property
+    def cpu(self) -> int:
+        """The vCPU that commands show and change: the one chosen with `cpu N`, else the one
+        that ran last (after every stop: the one that stopped, as gdb switches threads)."""
+        return self._cpu if self._cpu is not None else self.backend.current_cpu()
+
+    def select_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self.backend.cpus:
+            raise EmuError(f"no vCPU {cpu}: the machine has {self.backend.cpus} (0 to {self.backend.cpus - 1})")
+        self._cpu = cpu
+        self._state = None
+
+    def cpus(self) -> list[CpuLine]:
+        """Every vCPU: its index, what it does, its mode and where it is (`info cpus`)."""
+        out = []
+        for cpu in range(self.backend.cpus):
+            st = self.backend.get_state(cpu)
+            out.append(CpuLine(cpu, self.backend.cpu_status(cpu), st.mode.value, st.cs.selector, st.rip,
+                               cpu == self.cpu))  # fmt: skip
+        return out
 
     def read_physical(self, addr: int, size: int) -> bytes:
         """Guest-physical bytes; outside RAM (the MMIO hole, beyond memory) reads 0xff as a PC bus."""
@@ -200,7 +225,7 @@ class DebugSession:
         if name not in registers.REGISTERS or registers.REGISTERS[name][1:] != (0, 64):
             raise EmuError(f"only 64-bit registers and rip/rflags can be set, not {name!r}")
         setattr(s, registers.REGISTERS[name][0], value & (2**64 - 1))
-        self.backend.set_state(s)
+        self.backend.set_state(s, self.cpu)
         self._state = None
 
     # -- locations -------------------------------------------------------------------------------
@@ -408,7 +433,7 @@ class DebugSession:
 
     def _evaluate(self, bp: Breakpoint) -> bool:
         if bp.condition is not None:
-            state = self.backend.get_state()
+            state = self.backend.get_state(self.backend.current_cpu())  # the vCPU at the breakpoint
             try:
                 if not bp.condition.evaluate(_Ctx(self, state)):
                     return False
@@ -423,6 +448,7 @@ class DebugSession:
         self._driver.stop.clear()
         self._condition_error = None
         self._state = None
+        self._cpu = None  # after the run: the vCPU that stopped
         try:
             self.engine.start(plan, self._evaluate)
         except Unsupported as u:
@@ -474,7 +500,10 @@ class DebugSession:
             msg = f"catchpoint {hit.number}: {msg}"
         if self._condition_error:
             msg += f" ({self._condition_error})"
-        return Stop(hit.kind, msg, state, self.engine.executed, hit.number, dict(hit.detail))
+        detail = dict(hit.detail)
+        if self.backend.cpus > 1:
+            detail["cpu"] = self.cpu
+        return Stop(hit.kind, msg, state, self.engine.executed, hit.number, detail)
 
 
 def _watch_message(hit: Hit) -> str:

@@ -98,3 +98,15 @@ class Stop:
 
 class Unsupported(Exception):
     """The backend cannot do this (e.g. catch exceptions under KVM); the message says why."""
+
+
+@dataclass(frozen=True)
+class CpuLine:
+    """One vCPU in `info cpus`."""
+
+    index: int
+    status: str  # running, halted, wait-for-sipi
+    mode: str
+    cs: int
+    rip: int
+    selected: bool

@@ -109,6 +109,7 @@ class UnicornBackend(Backend):
         self._stop_requested = False
         self._discard_io = False
         self._in_emu = False
+        self._in_mmio = False
         self._vcpu_thread: int | None = None
         self._pending: Exit | None = None
         self._window = threading.Event()  # set: an interrupt waits for the guest to allow it
@@ -207,11 +208,21 @@ class UnicornBackend(Backend):
         uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
 
     # -- hooks ------------------------------------------------------------------------------------
+    # Unicorn replays an MMIO access that a uc_emu_stop() inside its callback interrupted (a
+    # device would see an ICR or EOI write twice): stops requested meanwhile go through the kick.
     def _mmio_read(self, uc: unicorn.Uc, offset: int, size: int, base: int) -> int:
-        return self.bus.mmio_read(base + offset, size)
+        self._in_mmio = True
+        try:
+            return self.bus.mmio_read(base + offset, size)
+        finally:
+            self._in_mmio = False
 
     def _mmio_write(self, uc: unicorn.Uc, offset: int, size: int, value: int, base: int) -> None:
-        self.bus.mmio_write(base + offset, size, value)
+        self._in_mmio = True
+        try:
+            self.bus.mmio_write(base + offset, size, value)
+        finally:
+            self._in_mmio = False
 
     # A stop requested from inside an I/O hook only lands at the end of the current translation
     # block: the instructions after the `out` in that block still run. For a final stop
@@ -510,7 +521,7 @@ class UnicornBackend(Backend):
         memory access or block start (the instruction that made the request has finished);
         from elsewhere, at the start of the next translation block (see exact_stop.py)."""
         self._stop_requested = True
-        if threading.get_ident() == self._vcpu_thread and self._in_emu:
+        if threading.get_ident() == self._vcpu_thread and self._in_emu and not self._in_mmio:
             self.uc.emu_stop()
         else:
             self._kick.request()
@@ -536,6 +547,7 @@ class UnicornBackend(Backend):
         v.context = None
         self._v = v
         self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        self.clear_window()  # the poll was for the previous vCPU's interrupt; run_current re-arms it
 
     def event_for(self, v: Vcpu) -> None:
         """An interrupt, NMI, INIT or STARTUP arrived for `v` (any thread, maybe under a device's
