@@ -215,3 +215,25 @@ def test_info_apic_shows_the_power_on_platform(image: Path, backend: BackendName
     assert "local APIC 0 (xapic, software-disabled, base 0xfee00000, BSP)" in p.stdout
     assert re.search(r"LVT lint0 +extint +vector 0x00\n", p.stdout) and re.search(r"LVT lint1 +nmi ", p.stdout)
     assert "IOAPIC 2 (version 0x11):" in p.stdout
+
+
+def test_several_cpus_each_shown_and_chosen(tmp_path: Path) -> None:
+    """--smp 4 under Unicorn: a breakpoint on the APs' STARTUP trampoline stops the machine on the
+    first AP to arrive, which commands then show; at the end `info cpus` has all four halted and
+    `cpu N` chooses whose registers print."""
+    data = assemble_file(Path(__file__).parent / "guests" / "snippets" / "smp_startup.asm")
+    image = tmp_path / "smp_startup.bin"
+    image.write_bytes(data)
+    trampoline = 0x8000 + (len(data) - 1) // 4096 * 4096  # the last page: where STARTUP sends the APs
+    script = f"pb {trampoline:#x}\nc\ninfo cpus\ndelete\nc\ninfo cpus\ncpu 3\np $rip\ncpu 9\n"
+    p = emu_debug("--image", str(image), "--load-addr", "0x8000", "--smp", "4", script=script)
+    out = p.stdout
+    stop = re.search(r"stopped \(breakpoint\) on vCPU (\d): breakpoint 1", out)
+    assert stop and stop.group(1) in "123", out
+    where = f"{trampoline >> 4:04x}:0"  # CS = vector << 8 = the page's paragraph, IP 0
+    assert re.search(rf"^\* {stop.group(1)}\s+running\s+real\s+{where}", out, re.M), out
+    assert re.search(r"^  0\s+running\s+long64", out, re.M), out
+    halted = re.findall(r"^[ *] (\d)\s+halted\s+long64", out, re.M)
+    assert halted[-4:] == ["0", "1", "2", "3"], out
+    assert "vCPU 3 (halted): => " in out
+    assert "no vCPU 9: the machine has 4 (0 to 3)" in p.stderr
