@@ -69,7 +69,11 @@ def read_inputs(kernel: Path, initrd: Path | None, modules: Sequence[Path], cmdl
 
 
 def load_kernel(
-    memory: GuestMemory, inp: KernelInputs, boot: BootKind, rsdp: int = 0, pci: Sequence[PciRoute] = (),
+    memory: GuestMemory,
+    inp: KernelInputs,
+    boot: BootKind,
+    rsdp: int = 0,
+    pci: Sequence[PciRoute] = (),
     cpus: int = 1,
 ) -> CpuState:
     """Write the kernel, initrd and modules into guest RAM with the MP table (listing the `pci`
