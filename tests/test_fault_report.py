@@ -246,3 +246,18 @@ def test_triple_fault_reset_reboots_the_guest(images: Path, tmp_path: Path) -> N
                 "--no-reboot")  # fmt: skip
     assert p.returncode == ExitStatus.OK, p.stderr
     assert "reset by a triple fault" in p.stderr
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_report_names_the_vcpu_that_faulted(backend: BackendName, images: Path, tmp_path: Path) -> None:
+    """--smp 4: AP 2 triple-faults while the others are parked; the report says so and shows them."""
+    require(backend)
+    data, stderr = run_fault_guest("ap_fault", backend, images, tmp_path, "--smp", "4")
+    cpus = data["cpus"]
+    assert (cpus["count"], cpus["faulted"]) == (4, 2)
+    assert [o["index"] for o in cpus["others"]] == [0, 1, 3]
+    assert all(o["status"] == "halted" and o["state"]["mode"] == "long64" for o in cpus["others"]), cpus
+    assert data["states"]["final"]["mode"] == "long64"
+    if data["chain_source"] == "unicorn":
+        assert [c["name"] for c in data["chain"]][:2] == ["#UD", "#GP"]
+    assert "vCPU 2 of 4 faulted" in stderr

@@ -14,6 +14,7 @@ from emu.cpu.x86 import vector_name
 from emu.memory import GuestMemory
 from emu.report.causes import SELECTOR_ERROR_VECTORS, error_code_text, first_fault_cause
 from emu.report.model import (
+    Cpus,
     ChainEntry,
     Code,
     FaultReport,
@@ -135,6 +136,7 @@ def build_report(
     trace: list[TraceEntry] | None,
     rerun: dict[str, Any],
     trace_length: int = TRACE_LENGTH,
+    cpus: Cpus | None = None,
 ) -> FaultReport:
     """The report of `result` (a run that ended in a triple fault), reading guest memory as the
     run left it. `trace` is the backend's block history (None where it records none: KVM)."""
@@ -186,7 +188,7 @@ def build_report(
                 "final": state_dict(final_state) if final_state else None},
         descriptors=involved_descriptors(at, memory, chain) if at is not None else [],
         code=code, trace=tr, serial_tail=result.serial[-SERIAL_TAIL:].decode("utf-8", "replace"),
-        replay=None, rerun=rerun, emu_version=__version__,
+        replay=None, rerun=rerun, emu_version=__version__, cpus=cpus or Cpus(1, 0, []),
     )  # fmt: skip
 
 

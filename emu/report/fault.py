@@ -13,8 +13,8 @@ from emu.config import BackendName, MachineConfig, TripleFaultPolicy
 from emu.deterministic import FIXED_EPOCH
 from emu.errors import EmuError
 from emu.machine import Machine, RunResult
-from emu.report.build import build_report, with_replay
-from emu.report.model import FaultReport, Replay
+from emu.report.build import build_report, state_dict, with_replay
+from emu.report.model import Cpus, FaultReport, OtherCpu, Replay
 
 log = logging.getLogger("emu.report")
 
@@ -48,7 +48,8 @@ def fault_report(machine: Machine, result: RunResult, rerun: dict[str, Any], rep
 
 
 def _fault_report(machine: Machine, result: RunResult, rerun: dict[str, Any], replay: bool) -> FaultReport:
-    report = build_report(result, machine.memory, machine.backend.name, machine.backend.block_trace(), rerun)
+    report = build_report(result, machine.memory, machine.backend.name, machine.backend.block_trace(), rerun,
+                          cpus=cpus_of(machine, result))  # fmt: skip
     if replay and machine.cfg.backend is BackendName.KVM:
         final_rip = result.state.rip if result.state is not None else None
         try:
@@ -61,6 +62,21 @@ def _fault_report(machine: Machine, result: RunResult, rerun: dict[str, Any], re
     return report
 
 
+def cpus_of(machine: Machine, result: RunResult) -> Cpus:
+    """Which vCPU faulted and how the others stand (`--smp`)."""
+    backend = machine.backend
+    faulted = result.exit.detail.get("cpu", 0) if result.exit is not None else 0
+    others = []
+    for cpu in range(backend.cpus):
+        if cpu != faulted:
+            try:
+                state: dict[str, Any] | None = state_dict(backend.get_state(cpu))
+            except Exception:  # the report stands without it
+                state = None
+            others.append(OtherCpu(cpu, backend.cpu_status(cpu), state))
+    return Cpus(backend.cpus, faulted, others)
+
+
 def replay_under_unicorn(cfg: MachineConfig) -> FaultReport:
     """Run the same machine under Unicorn, from the same boot source, and report how it ended.
     Disks are opened copy-on-write so the replay never changes them."""
@@ -70,4 +86,4 @@ def replay_under_unicorn(cfg: MachineConfig) -> FaultReport:
     )  # fmt: skip
     with Machine(replay_cfg) as m:
         result = m.run()
-        return build_report(result, m.memory, m.backend.name, m.backend.block_trace(), {})
+        return build_report(result, m.memory, m.backend.name, m.backend.block_trace(), {}, cpus=cpus_of(m, result))

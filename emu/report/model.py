@@ -14,7 +14,7 @@ from typing import Any
 
 from emu.cpu.tables import Descriptor
 
-SCHEMA_ID = "emu-fault-report/1"
+SCHEMA_ID = "emu-fault-report/2"
 
 
 def hx(value: int) -> str:
@@ -88,6 +88,24 @@ class Replay:
 
 
 @dataclass
+class OtherCpu:
+    """A vCPU that did not fault, as the machine stopped it (--smp)."""
+
+    index: int
+    status: str  # running, halted, wait-for-sipi
+    state: dict[str, Any] | None
+
+
+@dataclass
+class Cpus:
+    """Which vCPU faulted, and the others' states."""
+
+    count: int
+    faulted: int
+    others: list[OtherCpu]
+
+
+@dataclass
 class FaultReport:
     backend: str
     status: int
@@ -104,6 +122,7 @@ class FaultReport:
     replay: Replay | None
     rerun: dict[str, Any]
     emu_version: str
+    cpus: Cpus = dataclasses.field(default_factory=lambda: Cpus(1, 0, []))
     schema: str = SCHEMA_ID
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,6 +98,11 @@ def render(r: FaultReport) -> str:
         else:
             out.append("CPU state at the end:")
             out += _state_lines(final)
+    if r.cpus.count > 1:
+        out.append(f"vCPU {r.cpus.faulted} of {r.cpus.count} faulted (the states above are its); the others:")
+        for other in r.cpus.others:
+            where = f" at {other.state['cs']['selector']}:{other.state['rip']} ({other.state['mode']})" if other.state else ""
+            out.append(f"  vCPU {other.index}: {other.status}{where}")
     out.append("")
     tail = r.serial_tail.splitlines()[-SERIAL_LINES:]
     out.append(f"serial console (last {len(tail)} lines):" if tail else "serial console: (no output)")
