@@ -14,9 +14,9 @@ from emu.cpu.x86 import vector_name
 from emu.memory import GuestMemory
 from emu.report.causes import SELECTOR_ERROR_VECTORS, error_code_text, first_fault_cause
 from emu.report.model import (
-    Cpus,
     ChainEntry,
     Code,
+    Cpus,
     FaultReport,
     FirstFault,
     Instruction,

@@ -101,7 +101,8 @@ def render(r: FaultReport) -> str:
     if r.cpus.count > 1:
         out.append(f"vCPU {r.cpus.faulted} of {r.cpus.count} faulted (the states above are its); the others:")
         for other in r.cpus.others:
-            where = f" at {other.state['cs']['selector']}:{other.state['rip']} ({other.state['mode']})" if other.state else ""
+            st = other.state
+            where = f" at {st['cs']['selector']}:{st['rip']} ({st['mode']})" if st else ""
             out.append(f"  vCPU {other.index}: {other.status}{where}")
     out.append("")
     tail = r.serial_tail.splitlines()[-SERIAL_LINES:]
