@@ -255,3 +255,19 @@ def test_kvm_greys_out_what_it_cannot_do(image: Path) -> None:
         assert app.session.state().flat_pc == 0x8001
 
     drive(modes(image, BackendName.KVM), backend)
+
+
+def test_the_status_line_says_whose_state_the_panes_show(tmp_path: Path) -> None:
+    """--smp 4: the status line and the registers pane name the vCPU; `cpu N` changes them."""
+    image = tmp_path / "smp_startup.bin"
+    image.write_bytes(assemble_file(Path(__file__).parent / "guests" / "snippets" / "smp_startup.asm"))
+
+    async def cpus(app: DebuggerApp, pilot: Pilot[int]) -> None:
+        assert "vCPU 0/4" in app.screen_text()
+        await command(app, pilot, "c")  # to the end: every vCPU parked in cli; hlt
+        await command(app, pilot, "cpu 2")
+        screen = app.screen_text()
+        assert "vCPU 2/4" in screen and "vCPU 2, long64" in screen
+        assert app.session.state().mode.value == "long64"
+
+    drive(MachineConfig(image=image, load_addr=0x8000, smp=4), cpus)

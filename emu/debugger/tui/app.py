@@ -285,7 +285,8 @@ class DebuggerApp(App[int]):
         self.update_status()
         self.query_one("#regs-text", Static).update(panes.registers_pane(state, self.changed))
         paging_text = "paging on" if state.paging else "paging off"
-        self.query_one("#regs").border_subtitle = f"{state.mode.value}, CPL {state.cpl}, {paging_text}"
+        cpu = f"vCPU {s.cpu}, " if s.backend.cpus > 1 else ""
+        self.query_one("#regs").border_subtitle = f"{cpu}{state.mode.value}, CPL {state.cpl}, {paging_text}"
         self._draw_disassembly(state)
         mem = self.query_one("#memory", Static)
         mem.border_title = f"memory ({self.mem_space.value}{', follows rip' if self.mem_address is None else ''}; p)"

@@ -185,6 +185,8 @@ def status_line(session: DebugSession, stop: Stop, running: bool) -> Text:
         t.append("  Esc or Ctrl-C stops it", "bold")
     else:
         s = session.state()
+        if session.backend.cpus > 1:  # whose state every pane shows
+            t.append(f" vCPU {session.cpu}/{session.backend.cpus} ", "bold black on yellow")
         t.append(f" {s.mode.value} ", "bold black on cyan")
         t.append(f" paging {'on' if s.paging else 'off'}, CPL {s.cpl} ", "bold")
         t.append(render.stop_line(stop), STOP_STYLE.get(stop.kind, ""))
