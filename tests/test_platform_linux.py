@@ -85,4 +85,7 @@ def test_linux_uses_the_apics_and_each_clock(guest: LinuxGuest, initramfs: Path,
     if clocksource == "kvm-clock":  # on every CPU
         assert all(b > a > 0 for a, b in zip(loc0, loc1, strict=True)), (loc0, loc1)
     sleep = re.search(r"EMU-SLEEP-CS (\d+)", out)
-    assert sleep and 100 <= int(sleep.group(1)) <= 130, sleep  # `sleep 1` by the guest's own clock
+    # `sleep 1` by the guest's own clock, fork and exec included: with 4 vCPUs on one host thread
+    # those cost more host time (1.15-1.22 s measured; 1.01 s under --deterministic, where host
+    # time does not count), so the bound is wider there.
+    assert sleep and 100 <= int(sleep.group(1)) <= (130 if cpus == 1 else 150), sleep
