@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import shutil
@@ -21,6 +22,7 @@ from emu.backends.kvm import KvmBackend
 from emu.bus import Bus
 from emu.cpu import x86
 from emu.cpu.state import CpuState, DescriptorTable, Mode, Segment
+from emu.errors import EmuError
 from emu.memory import GuestMemory
 from emu.tools.asm import assemble
 
@@ -805,6 +807,282 @@ def test_close_is_idempotent_and_final() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         cpu.run()
     memory.close()
+
+
+# -- several vCPUs ---------------------------------------------------------------------------------
+AP_CODE = 0xA000  # the APs' real-mode entry: STARTUP vector AP_CODE >> 12, CS = 0x0A00, IP = 0
+AP_PARK = 0x40  # offset in AP_CODE of `cli; hlt` (ap_image puts it there)
+
+
+class CpuPort:
+    """Records which vCPU (and host thread) wrote each value."""
+
+    def __init__(self) -> None:
+        self.backend: KvmBackend | None = None
+        self.writes: list[tuple[int, int, str]] = []  # (value, current_cpu(), thread name)
+
+    def io_read(self, offset: int, size: int) -> int:
+        return 0
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        assert self.backend is not None
+        if value == 0xEE:
+            raise ValueError("the device failed")
+        self.writes.append((value, self.backend.current_cpu(), threading.current_thread().name))
+
+
+@dataclasses.dataclass
+class SmpVm:
+    memory: GuestMemory
+    cpu: KvmBackend
+    port: CpuPort
+    stop: StopDevice
+
+    def load(self, bsp: str, ap: str) -> None:
+        """`bsp`: 32-bit code at GUEST, entered in flat protected mode (the local APIC's page is
+        reachable there); `ap`: the APs' real-mode code at AP_CODE, `cli; hlt` at AP_PARK after it."""
+        write_gdt(self.memory)
+        self.memory.write(GUEST, bsp_image(bsp))
+        self.memory.write(AP_CODE, ap_image(ap))
+        self.cpu.set_state(protected_mode_state())
+
+
+def bsp_image(source: str) -> bytes:
+    return assemble(f"bits 32\norg {GUEST:#x}\n{source}", name="kvm-smp-bsp")
+
+
+def ap_image(source: str) -> bytes:
+    code = assemble(f"bits 16\norg 0\n{source}", name="kvm-smp-ap")
+    assert len(code) <= AP_PARK
+    return code.ljust(AP_PARK, b"\x90") + b"\xfa\xf4"  # nops, then `cli; hlt` at AP_PARK
+
+
+@contextlib.contextmanager
+def smp_vm(cpus: int) -> Iterator[SmpVm]:
+    memory = GuestMemory(32 << 20, firmware_size=64 << 10)
+    bus = Bus()
+    port, stop = CpuPort(), StopDevice()
+    bus.register_pio(PORT, 4, port, "test-port")
+    bus.register_pio(STOP_PORT, 1, stop, "test-stop")
+    cpu = KvmBackend(memory, bus, cpus=cpus)
+    port.backend = stop.backend = cpu
+    try:
+        yield SmpVm(memory, cpu, port, stop)
+    finally:
+        cpu.close()
+        memory.close()
+
+
+# BSP: the local APIC enabled, then INIT and STARTUP to all but self (KVM's in-kernel APIC needs
+# none of the SDM's delays); with `n`, then wait until n APs counted themselves in DATA and stop.
+def start_aps(n: int = 0) -> str:
+    source = f"""
+        mov dword [0xFEE000F0], 0x1FF
+        mov dword [0xFEE00310], 0
+        mov dword [0xFEE00300], 0xC4500
+        mov dword [0xFEE00300], 0xC4600 | {AP_CODE >> 12:#x}
+    """
+    if n:
+        source += f"""
+    wait_aps:
+        cmp dword [{DATA:#x}], {n}
+        jb wait_aps
+        mov dx, {STOP_PORT:#x}
+        out dx, al
+        """
+    return source
+
+
+# AP: count in, write 1 to the port, then count in DATA + 4 for ever.
+AP_SPIN = f"""
+        xor ax, ax
+        mov ds, ax
+        lock inc dword [{DATA:#x}]
+        mov dx, {PORT:#x}
+        mov al, 1
+        out dx, al
+    again:
+        lock inc dword [{DATA + 4:#x}]
+        jmp again
+"""
+
+
+def _new_threads(before: set[threading.Thread]) -> list[str]:
+    return [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+def test_smp_ap_state_while_it_waits_for_sipi() -> None:
+    before = set(threading.enumerate())
+    with smp_vm(2) as vm:
+        vm.memory.write(GUEST, assemble(f"bits 16\norg {GUEST:#x}\ncli\nhlt\n", name="kvm-smp-halt"))
+        vm.cpu.set_state(real_mode_state())
+        assert vm.cpu.cpu_status(1) == "wait-for-sipi"
+        ap = vm.cpu.get_state(1)
+        assert (ap.cs.selector, ap.cs.base, ap.rip) == (0xF000, 0xFFFF_0000, 0xFFF0)  # the reset state
+        start = time.monotonic()
+        ex = vm.cpu.run()  # the AP's thread now waits in KVM_RUN
+        assert time.monotonic() - start < 1.5
+        assert (ex.kind, ex.detail) == (ExitKind.HALT, {"for_good": True, "cpu": 0})
+        assert vm.cpu.is_halted_for_good()
+        assert [vm.cpu.cpu_status(i) for i in (0, 1)] == ["halted", "wait-for-sipi"]
+        assert vm.cpu.get_state(1) == ap
+        with pytest.raises(EmuError, match="no CPU 2"):
+            vm.cpu.get_state(2)
+        assert {"vcpu1", "kvm-kicker"} <= set(_new_threads(before))
+    assert _new_threads(before) == []  # close() joined them
+
+
+def test_smp_aps_run_alongside_and_are_paused_stepped_and_reset() -> None:
+    with smp_vm(3) as vm:
+        vm.load(start_aps(2) + "cli\nhlt\n", AP_SPIN)
+        ex = vm.cpu.run()
+        assert (ex.kind, ex.detail) == (ExitKind.INTERRUPTED, {"cpu": 0})
+        # Each AP's port write went through the Bus on its own thread, which current_cpu() names.
+        assert sorted(vm.port.writes) == [(1, 1, "vcpu1"), (1, 2, "vcpu2")]
+        # Reading an AP's state pauses the APs: they stay where they were.
+        first = vm.cpu.get_state(1)
+        count = vm.memory.read_u32(DATA + 4)
+        time.sleep(0.05)
+        assert vm.cpu.get_state(1) == first
+        assert vm.memory.read_u32(DATA + 4) == count
+        assert first.cs.base == AP_CODE
+        assert [vm.cpu.cpu_status(i) for i in (0, 1, 2)] == ["running"] * 3
+        # One instruction of AP 2; the others stand still.
+        ap1 = vm.cpu.get_state(1)
+        rip = vm.cpu.get_state(2).rip
+        ex = vm.cpu.step(2)
+        assert (ex.kind, ex.message, ex.detail["cpu"]) == (ExitKind.DEBUG, "single step", 2)
+        assert vm.cpu.get_state(2).rip != rip
+        assert vm.cpu.get_state(1) == ap1
+        assert vm.memory.read_u32(DATA + 4) - count <= 1
+        # Park both APs: then the machine halts for good.
+        for i in (1, 2):
+            state = vm.cpu.get_state(i)
+            state.rip = AP_PARK
+            vm.cpu.set_state(state, i)
+        ex = vm.cpu.run()
+        assert (ex.kind, ex.detail) == (ExitKind.HALT, {"for_good": True, "cpu": 0})
+        assert [vm.cpu.cpu_status(i) for i in (0, 1, 2)] == ["halted"] * 3
+        # A reboot returns the APs to wait-for-SIPI, from where the guest starts them again.
+        vm.cpu.reset_platform()
+        assert [vm.cpu.cpu_status(i) for i in (1, 2)] == ["wait-for-sipi"] * 2
+        assert vm.cpu.get_state(2).rip == 0xFFF0
+        vm.memory.write_u32(DATA, 0)
+        vm.port.writes.clear()
+        vm.cpu.set_state(protected_mode_state())
+        assert vm.cpu.run().kind is ExitKind.INTERRUPTED
+        assert sorted(vm.port.writes) == [(1, 1, "vcpu1"), (1, 2, "vcpu2")]
+
+
+def test_smp_aps_stop_when_the_machine_holds_the_guest() -> None:
+    """After an INTERRUPTED run() the APs run on (timer kicks cost nothing), until run() is not
+    called again for a kick interval or a final stop comes."""
+    with smp_vm(2) as vm:
+        vm.load(start_aps(1) + "spin:\njmp spin\n", AP_SPIN)
+        assert vm.cpu.run().kind is ExitKind.INTERRUPTED
+        counts = [vm.memory.read_u32(DATA + 4)]
+        for wait in (0.05, 0.6, 0.1):
+            time.sleep(wait)
+            counts.append(vm.memory.read_u32(DATA + 4))
+        assert counts[1] > counts[0]  # still running right after run() returned
+        assert counts[3] == counts[2]  # paused after the idle interval
+        threading.Timer(0.2, vm.cpu.request_final_stop).start()
+        assert vm.cpu.run().kind is ExitKind.INTERRUPTED
+        time.sleep(0.08)
+        count = vm.memory.read_u32(DATA + 4)
+        time.sleep(0.08)  # (both well before the idle pause)
+        assert vm.memory.read_u32(DATA + 4) == count
+
+
+def test_smp_without_our_signal_handler() -> None:
+    """Masked mode (backend created outside the main thread): each AP thread masks the kick signal
+    itself; pausing, stepping an AP and halt detection still work."""
+    gdt = ", ".join(hex(e) for e in GDT_ENTRIES)
+    bsp, ap = bsp_image(start_aps(1) + "cli\nhlt\n"), ap_image(AP_SPIN)
+    script = textwrap.dedent(f"""
+        import signal, threading
+        from emu.backends.kvm import KvmBackend
+        from emu.bus import Bus
+        from emu.cpu.state import CpuState, DescriptorTable, Segment
+        from emu.memory import GuestMemory
+
+        class Stop:
+            def io_read(self, offset, size): return 0
+            def io_write(self, offset, size, value): cpu.request_stop()
+
+        def main():
+            global cpu
+            memory = GuestMemory(4 << 20)
+            bus = Bus()
+            bus.register_pio({STOP_PORT}, 1, Stop(), "stop")
+            cpu = KvmBackend(memory, bus, cpus=2)
+            for i, entry in enumerate([{gdt}]):
+                memory.write_u64({GDT} + 8 * i, entry)
+            memory.write({GUEST}, {bsp!r})
+            memory.write({AP_CODE}, {ap!r})
+            s = CpuState()
+            s.cs = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, db=1, g=1)
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                setattr(s, name, Segment(selector=0x10, base=0, limit=0xFFFFFFFF, type=3, db=1, g=1))
+            s.gdt = DescriptorTable({GDT}, {len(GDT_ENTRIES) * 8 - 1})
+            s.cr0, s.rip = 0x11, {GUEST}
+            cpu.set_state(s)
+            print(cpu._kick_mode.value, cpu.run().kind.value, cpu.cpu_status(1))
+            print(cpu.step(1).message)
+            ap = cpu.get_state(1)
+            ap.rip = {AP_PARK}
+            cpu.set_state(ap, 1)
+            print(cpu.run().detail)
+            cpu.close()
+
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+        t = threading.Thread(target=main)
+        t.start()
+        t.join(20)
+        print(sorted(t.name for t in threading.enumerate()))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == [
+        "masked interrupted running",
+        "single step",
+        "{'for_good': True, 'cpu': 0}",
+        "['MainThread']",
+    ]
+
+
+def test_smp_ap_triple_fault_ends_the_run() -> None:
+    with smp_vm(2) as vm:
+        vm.memory.write_u16(DATA + 0x10, len(GDT_ENTRIES) * 8 - 1)  # the lgdt operand
+        vm.memory.write_u32(DATA + 0x12, GDT)
+        vm.load(
+            start_aps() + "spin:\njmp spin\n",
+            f"""
+                xor ax, ax
+                mov ds, ax
+                o32 lgdt [{DATA + 0x10:#x}]
+                o32 lidt [{DATA + 0x20:#x}]         ; limit 0: every exception escalates
+                mov eax, cr0
+                or al, 1
+                mov cr0, eax
+                jmp dword 0x08:{AP_CODE:#x} + pm
+            bits 32
+            pm:
+                ud2
+            """,
+        )
+        ex = vm.cpu.run()
+        assert (ex.kind, ex.message, ex.detail["cpu"]) == (ExitKind.SHUTDOWN, "triple fault", 1)
+        assert vm.cpu.get_state(1).mode is Mode.PROTECTED32
+
+
+def test_smp_ap_bus_exception_is_raised_by_run() -> None:
+    with smp_vm(2) as vm:
+        vm.load(start_aps() + "spin:\njmp spin\n", f"mov dx, {PORT:#x}\nmov al, 0xEE\nout dx, al\n")
+        with pytest.raises(ValueError, match="the device failed"):
+            vm.cpu.run()
+        assert vm.cpu.get_state(1).rip == 6  # the failed `out` is complete
 
 
 # -- measurement -----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class Expect:
     compare_state: bool = True  # False: backends need only agree on serial and status
     mmio: tuple[MmioAccess, ...] | None = None  # the scratch device's expected log; None: no device
     pvm_differs: str | None = None  # why this host's PVM KVM cannot give the hardware result
+    smp: int = 1  # CPUs in the machine (MachineConfig.smp)
 
 
 def _w(offset: int, size: int, value: int) -> MmioAccess:
@@ -314,6 +315,43 @@ EXPECTED: dict[str, Expect] = {
             "the guest's EOI"
         ),
     ),
+    # Several CPUs (tests/guests/snippets/smp.inc): the BSP starts the APs with INIT-SIPI-SIPI from
+    # long mode; an AP's trampoline takes it to long mode on a stack of its own. Checked on this
+    # host's KVM. The BSP clears its registers before the final hlt, so the states compare.
+    "smp_startup": Expect(
+        "smp_startup: long mode, INIT-SIPI-SIPI to all but self\n"
+        "BSP apic id 0\n"
+        "smp_startup: APs 1 2 3 checked in (3)\n"
+        "each AP's CPUID APIC IDs are its local APIC ID: ok\n"
+        "each AP ran on a stack of its own: ok\n"
+        "no stray interrupts\n"
+        "smp_startup: done\n",
+        mode=Mode.LONG,
+        smp=4,
+    ),
+    "smp_lock": Expect(
+        "smp_lock: long mode, starting the APs\n"
+        "APs ready: 3\n"
+        "CPUs done: 4\n"
+        "smp_lock: lock inc total 40000, lock xadd total 120000\n"  # 4 CPUs x 10000
+        "every lock xadd returned a multiple of 3: ok\n"
+        "no stray interrupts\n"
+        "smp_lock: done\n",
+        mode=Mode.LONG,
+        smp=4,
+    ),
+    "smp_ipi_wake": Expect(
+        "smp_ipi_wake: long mode, starting the APs\n"
+        "AP 1 waits in sti; hlt: ok\n"
+        "smp_ipi_wake: AP 1 woke 3 times by IPI\n"
+        "NMI IPI: AP 1 took it: ok\n"
+        "vector 0x41: AP 1 parked: ok\n"
+        "AP 1: 4 wakes from hlt for 4 fixed IPIs\n"  # each woke it once
+        "no stray interrupts\n"
+        "smp_ipi_wake: done\n",
+        mode=Mode.LONG,
+        smp=4,
+    ),
 }
 
 
@@ -373,7 +411,10 @@ class SnippetRunner:
         return self._runs[key]
 
     def _run(self, name: str, backend: BackendName) -> Outcome:
-        cfg = MachineConfig(backend=backend, mem=MEM, image=self.image(name), load_addr=LOAD_ADDR, timeout=TIMEOUT)
+        cfg = MachineConfig(
+            backend=backend, mem=MEM, image=self.image(name), load_addr=LOAD_ADDR, timeout=TIMEOUT,
+            smp=EXPECTED[name].smp,
+        )  # fmt: skip
         device = ScratchMmio() if EXPECTED[name].mmio is not None else None
         with Machine(cfg) as m:
             if device is not None:

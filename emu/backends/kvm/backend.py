@@ -1,19 +1,42 @@
-"""KvmBackend: one vCPU under Linux KVM, with KVM's in-kernel PIC, IOAPIC, LAPIC and PIT.
+"""KvmBackend: vCPUs under Linux KVM, with KVM's in-kernel PIC, IOAPIC, local APICs and PIT.
 
-Threads. run() may be called from any one thread at a time (the "vCPU thread"); every other
-method except request_stop() must be called while run() is not in progress. Two things
-interrupt a KVM_RUN in progress: request_stop() and a kicker thread that pokes the vCPU every
-KICK_INTERVAL seconds so that run() can notice a guest sitting in `cli; hlt` (with the in-kernel
-irqchip HLT never reaches userspace, so nothing else would ever end that run()).
+Threads. run() may be called from any one thread at a time (the "vCPU thread"); it runs vCPU 0,
+the bootstrap processor (BSP). Every other method except request_stop(), request_final_stop()
+and current_cpu() must be called while run() is not in progress. Two things interrupt a KVM_RUN
+in progress: request_stop() and a kicker thread that pokes the vCPUs every KICK_INTERVAL seconds
+so that run() can notice a guest sitting in `cli; hlt` (with the in-kernel irqchip HLT never
+reaches userspace, so nothing else would ever end that run()).
 
-Kicking is a SIGUSR1 sent to the vCPU thread with pthread_kill, which makes KVM_RUN return
+Kicking is a SIGUSR1 sent to a vCPU's thread with pthread_kill, which makes KVM_RUN return
 EINTR. Two ways to keep that signal from killing the process:
 - handler mode (the usual one): a no-op Python handler for SIGUSR1, installed by the first
   backend created in the main thread. A stop request also sets kvm_run.immediate_exit, so a
   signal that lands while the thread is outside KVM_RUN is not lost.
 - masked mode (when no handler can be installed: the backend was created in another thread, or
-  SIGUSR1 belongs to someone else): the vCPU thread blocks SIGUSR1 and KVM_SET_SIGNAL_MASK
+  SIGUSR1 belongs to someone else): each vCPU thread blocks SIGUSR1 and KVM_SET_SIGNAL_MASK
   unblocks it only inside KVM_RUN; the pending signal is consumed with sigtimedwait afterwards.
+
+Several vCPUs (`cpus` > 1). Each application processor (AP) gets a host thread ("vcpu1", ...),
+started by the first run(), that loops in KVM_RUN and hands its port and MMIO exits to the Bus
+under `bus.lock` (the BSP then takes it too). The rest happens in the kernel: an AP waits for
+INIT-SIPI-SIPI inside KVM_RUN, and IPIs go from LAPIC to LAPIC. An AP exit the machine must see
+(a triple fault, an error, a Bus callback that raised) is queued, the BSP's KVM_RUN is
+interrupted, and run() returns it with detail["cpu"] naming the AP (BSP exits carry 0).
+
+Pausing. A vCPU ioctl waits for the vCPU's mutex, which KVM_RUN holds (an AP waiting for SIPI
+never leaves KVM_RUN by itself), so whatever needs an AP (get_state, set_state, step,
+cpu_status, reset_platform, the final halt check) first pauses them all: a flag, then
+immediate_exit and a kick for each AP thread, which finishes the instruction behind its last I/O
+exit (KVM completes it only in the next KVM_RUN) and parks; the caller waits until every AP has.
+Pausing is lazy, so that run()'s frequent returns (timer kicks, stop requests) cost nothing:
+run() returning INTERRUPTED or HALT leaves the APs running. They stop when run() returns any
+other exit (a fault or breakpoint stops every vCPU), at a final stop (the run ends or reboots:
+nothing they do matters any more), and when run() has not been called again for KICK_INTERVAL
+(the machine or the debugger is holding the guest). The next run() resumes them. An AP still
+waiting for bus.lock when a pause comes parks with its I/O exit undelivered (the pauser may hold
+the lock): it is delivered when the AP resumes, or dropped (reads all-ones) if the AP is given a
+new state first. step(cpu) runs one instruction of that vCPU in the caller's thread while every
+other vCPU stands still; set_guest_debug (the debugger's breakpoints and steps) is the BSP's.
 """
 
 from __future__ import annotations
@@ -42,6 +65,7 @@ from emu.bus import Bus
 from emu.cpu import x86
 from emu.cpu.cpuid import CpuidEntry, shape_kvm
 from emu.cpu.state import CpuState, FpuState
+from emu.errors import EmuError
 from emu.memory import GuestMemory
 from emu.platform import EventFds, IrqChip
 
@@ -49,6 +73,9 @@ log = logging.getLogger("emu.kvm")
 
 KICK_INTERVAL = 0.2  # seconds between kicks while run() is in progress
 KICK_SIGNAL = signal.SIGUSR1
+PAUSE_WARN_AFTER = 5.0  # seconds: an AP that has not parked by then is reported (and kicked again)
+BUS_LOCK_POLL = 0.02  # seconds: how often an AP waiting for bus.lock looks whether it must park
+AP_JOIN_TIMEOUT = 5.0  # seconds close() waits for each AP thread
 
 # Capabilities emu cannot do without, and what each is for (used in the error message).
 REQUIRED_CAPS: dict[int, tuple[str, str]] = {
@@ -65,6 +92,9 @@ REQUIRED_CAPS: dict[int, tuple[str, str]] = {
 
 _PIO_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _ZERO = ffi.cast("unsigned long", 0)
+# A vCPU in these states waits for INIT or STARTUP, which only another CPU can send.
+_WAIT_FOR_SIPI = (api.KVM_MP_STATE_UNINITIALIZED, api.KVM_MP_STATE_INIT_RECEIVED)
+_IO_EXITS = (api.KVM_EXIT_IO, api.KVM_EXIT_MMIO)
 
 # kvm_run offsets read on every exit (a memoryview on the mapping is cheaper than cffi there).
 _RUN_IO = ffi.offsetof("struct kvm_run", "io")
@@ -101,19 +131,41 @@ def _choose_kick_mode() -> KickMode:
     return KickMode.MASKED
 
 
+def _send_kick(tid: int, mode: KickMode) -> None:
+    """Interrupt thread `tid`'s KVM_RUN (the caller makes sure the thread is alive)."""
+    # Never deliver SIGUSR1 without our handler or the mask: the default action kills.
+    if mode is KickMode.HANDLER and signal.getsignal(KICK_SIGNAL) is not _ignore_signal:
+        return
+    signal.pthread_kill(tid, KICK_SIGNAL)
+
+
+def _mask_kick_signal(fd: int) -> None:
+    """Masked mode: block SIGUSR1 in this thread, and let KVM unblock it inside vCPU `fd`'s KVM_RUN."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {KICK_SIGNAL})
+    bits = 0
+    for sig in old - {KICK_SIGNAL}:
+        bits |= 1 << (int(sig) - 1)
+    size = api.KERNEL_SIGSET_BYTES
+    mask = ffi.new("struct kvm_signal_mask *", {"len": size, "sigset": list(bits.to_bytes(size, "little"))})
+    ioctl(fd, api.KVM_SET_SIGNAL_MASK, mask, name="KVM_SET_SIGNAL_MASK")
+
+
 class _Kicker:
-    """A daemon thread calling kick() every `interval` seconds while active.
+    """A daemon thread calling kick() every `interval` seconds while active, and idle() once when
+    it has been inactive for `interval` seconds.
 
     It holds the backend only weakly so that a forgotten backend can still be collected.
     """
 
-    def __init__(self, kick: Callable[[], None], interval: float) -> None:
+    def __init__(self, kick: Callable[[], None], interval: float, idle: Callable[[], None] | None = None) -> None:
         self._kick = weakref.WeakMethod(kick)
+        self._idle = weakref.WeakMethod(idle) if idle is not None else None
         self._interval = interval
         self._cond = threading.Condition()
         self._active = False
         self._closed = False
         self._deadline = 0.0
+        self._idle_at: float | None = None
         self._thread = threading.Thread(target=self._main, name="kvm-kicker", daemon=True)
         self._thread.start()
 
@@ -123,6 +175,8 @@ class _Kicker:
             # Keep a running deadline: frequent short run() calls must not postpone the kick.
             if active and not self._active and self._deadline <= now:
                 self._deadline = now + self._interval
+            if self._idle is not None:
+                self._idle_at = None if active else now + self._interval
             self._active = active
             self._cond.notify()
 
@@ -136,10 +190,19 @@ class _Kicker:
     def _main(self) -> None:
         with self._cond:
             while not self._closed:
-                if not self._active:
-                    self._cond.wait()
-                    continue
                 now = time.monotonic()
+                if not self._active:
+                    if self._idle_at is None:
+                        self._cond.wait()
+                    elif now < self._idle_at:
+                        self._cond.wait(self._idle_at - now)
+                    else:
+                        self._idle_at = None
+                        idle = self._idle() if self._idle is not None else None
+                        if idle is not None:
+                            idle()
+                        del idle
+                    continue
                 if now < self._deadline:
                     self._cond.wait(self._deadline - now)
                     continue
@@ -151,30 +214,348 @@ class _Kicker:
                 del kick
 
 
+# -- one vCPU -------------------------------------------------------------------------------------
+class _Vcpu:
+    """One vCPU's fd (owned by _Handles) and its mmapped kvm_run page."""
+
+    def __init__(self, index: int, fd: int, mmap_size: int) -> None:
+        self.index = index
+        self.fd = fd
+        self.run_map = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.run_view = memoryview(self.run_map)
+        self.run: Any = ffi.from_buffer("struct kvm_run *", self.run_map)
+
+    def release(self) -> None:
+        ffi.release(self.run)
+        self.run_view.release()
+        self.run_map.close()
+
+    def get_regs(self) -> Any:
+        regs = ffi.new("struct kvm_regs *")
+        ioctl(self.fd, api.KVM_GET_REGS, regs, name="KVM_GET_REGS")
+        return regs
+
+    def get_sregs(self) -> Any:
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl(self.fd, api.KVM_GET_SREGS, sregs, name="KVM_GET_SREGS")
+        return sregs
+
+    def mp_state(self) -> int:
+        mp = ffi.new("struct kvm_mp_state *")
+        ioctl(self.fd, api.KVM_GET_MP_STATE, mp, name="KVM_GET_MP_STATE")
+        return int(mp.mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        mp = ffi.new("struct kvm_mp_state *", {"mp_state": state})
+        ioctl(self.fd, api.KVM_SET_MP_STATE, mp, name="KVM_SET_MP_STATE")
+
+    def get_lapic(self) -> Any:
+        lapic = ffi.new("struct kvm_lapic_state *")
+        ioctl(self.fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
+        return lapic
+
+    def halted_for_good(self) -> bool:
+        """In hlt with IF=0, or waiting for INIT/STARTUP: only another CPU could wake it.
+        (Not while it is inside KVM_RUN: the ioctls would wait for it.)"""
+        mp = self.mp_state()
+        if mp in _WAIT_FOR_SIPI:
+            return True
+        return mp == api.KVM_MP_STATE_HALTED and not self.get_regs().rflags & x86.FLAG_IF
+
+    def finish_io(self) -> None:
+        """Finish the guest instruction behind the last I/O exit without the Bus: reads return
+        all-ones, writes are dropped. KVM completes an exit's instruction only in the next
+        KVM_RUN (here with immediate_exit set, so it returns EINTR once that is done; a string
+        instruction may exit again first). The caller sets immediate_exit again afterwards."""
+        run = self.run
+        while True:
+            if run.exit_reason == api.KVM_EXIT_IO and run.io.direction == api.KVM_EXIT_IO_IN:
+                n = run.io.size * run.io.count
+                off = run.io.data_offset
+                self.run_view[off : off + n] = b"\xff" * n
+            elif run.exit_reason == api.KVM_EXIT_MMIO and not run.mmio.is_write:
+                run.mmio.data = [0xFF] * 8
+            run.immediate_exit = 1
+            if libc.ioctl(self.fd, api.KVM_RUN, _ZERO) < 0 or run.exit_reason not in _IO_EXITS:
+                return
+
+    def exit_for(self, reason: int) -> Exit:
+        """The Exit for a KVM exit reason that is neither I/O nor EINTR."""
+        run = self.run
+        if reason == api.KVM_EXIT_HLT:  # only without an in-kernel APIC
+            for_good = not self.get_regs().rflags & x86.FLAG_IF
+            return Exit(ExitKind.HALT, "hlt", {"for_good": for_good})
+        if reason == api.KVM_EXIT_SHUTDOWN:
+            return Exit(ExitKind.SHUTDOWN, "triple fault")
+        if reason == api.KVM_EXIT_DEBUG:
+            arch = run.debug.arch
+            detail = {"exception": arch.exception, "pc": arch.pc, "dr6": arch.dr6, "dr7": arch.dr7}
+            if arch.exception == x86.Vector.DB and arch.dr6 & (1 << 14):  # DR6.BS
+                what = "single step"
+            elif arch.exception == x86.Vector.BP:
+                what = "breakpoint"
+            else:
+                what = f"debug exception {arch.exception}"
+            return Exit(ExitKind.DEBUG, what, detail)
+        if reason == api.KVM_EXIT_FAIL_ENTRY:
+            code = run.fail_entry.hardware_entry_failure_reason
+            host_cpu = run.fail_entry.cpu
+            return Exit(
+                ExitKind.ERROR,
+                f"KVM could not enter the guest: hardware entry failure reason {code:#x} (host cpu {host_cpu})",
+                {"exit_reason": reason, "hardware_entry_failure_reason": code, "host_cpu": host_cpu},
+            )
+        if reason == api.KVM_EXIT_INTERNAL_ERROR:
+            sub = run.internal.suberror
+            data = [int(run.internal.data[i]) for i in range(min(run.internal.ndata, 16))]
+            what = api.INTERNAL_ERROR_NAMES.get(sub, "unknown")
+            words = " ".join(f"{d:#x}" for d in data)
+            return Exit(
+                ExitKind.ERROR,
+                f"KVM internal error: suberror {sub} ({what}), data [{words}]",
+                {"exit_reason": reason, "suberror": sub, "data": data},
+            )
+        if reason == api.KVM_EXIT_UNKNOWN:
+            hw = run.hw.hardware_exit_reason
+            return Exit(
+                ExitKind.ERROR,
+                f"KVM exit with unknown reason: hardware exit reason {hw:#x}",
+                {"exit_reason": reason, "hardware_exit_reason": hw},
+            )
+        name = api.EXIT_NAMES.get(reason, "?")
+        return Exit(ExitKind.ERROR, f"unexpected KVM exit reason {reason} ({name})", {"exit_reason": reason})
+
+
+def _dispatch_io(view: memoryview, bus: Bus) -> None:
+    direction, size, port, count, off = _IO_LAYOUT.unpack_from(view, _RUN_IO)
+    fmt = _PIO_FORMATS[size]
+    if direction == api.KVM_EXIT_IO_OUT:
+        if count == 1:
+            bus.pio_write(port, size, fmt.unpack_from(view, off)[0])
+        else:  # string I/O: `count` elements of `size` bytes each
+            for (value,) in fmt.iter_unpack(view[off : off + size * count]):
+                bus.pio_write(port, size, value)
+    else:
+        for i in range(count):
+            fmt.pack_into(view, off + i * size, bus.pio_read(port, size))
+
+
+def _dispatch_mmio(view: memoryview, bus: Bus, readonly: list[tuple[int, int]]) -> None:
+    addr, data, length, is_write = _MMIO_LAYOUT.unpack_from(view, _RUN_MMIO)
+    if is_write:
+        if any(start <= addr < end for start, end in readonly):
+            return  # a write to ROM: dropped, as on real hardware
+        if length in (1, 2, 4, 8):
+            bus.mmio_write(addr, length, int.from_bytes(data[:length], "little"))
+        else:  # odd sizes (page-crossing pieces): byte by byte
+            for i in range(length):
+                bus.mmio_write(addr + i, 1, data[i])
+    else:
+        if length in (1, 2, 4, 8):
+            value = bus.mmio_read(addr, length).to_bytes(length, "little")
+        else:
+            value = bytes(bus.mmio_read(addr + i, 1) for i in range(length))
+        start = _RUN_MMIO + 8
+        view[start : start + length] = value
+
+
+# -- the application processors' threads ----------------------------------------------------------
+class _Aps:
+    """The AP threads and what they share with the BSP's side. Every field is guarded by `cond`
+    (the backend's lock). Holds the backend only weakly, so the AP threads never keep it alive."""
+
+    def __init__(
+        self, vcpus: list[_Vcpu], bus: Bus, readonly: list[tuple[int, int]], cond: threading.Condition,
+        kick_mode: KickMode, local: threading.local, wake_bsp: Callable[[], None],
+    ) -> None:  # fmt: skip
+        self.bus = bus
+        self.readonly = readonly
+        self.cond = cond
+        self.kick_mode = kick_mode
+        self.local = local  # the backend's thread-local: .cpu is the vCPU a thread runs
+        self._wake_bsp = weakref.WeakMethod(wake_bsp)
+        self.pause = True  # the APs must not run guest code (run() clears it)
+        self.final = False  # after a final stop: stay paused until reset_platform()
+        self.closing = False
+        self.started = False
+        self.exits: list[Exit | BaseException] = []  # for the BSP's run() to return (or raise), oldest first
+        self.threads = [_ApThread(self, v) for v in vcpus]
+
+    def start(self) -> None:
+        self.started = True
+        for t in self.threads:
+            t.thread.start()
+
+    def all_parked(self) -> bool:
+        return all(t.parked for t in self.threads)
+
+    def request_pause(self) -> None:
+        """Make every AP park soon (lock held; never blocks)."""
+        self.pause = True
+        me = threading.get_ident()
+        for t in self.threads:
+            if not t.parked:
+                t.vcpu.run.immediate_exit = 1  # covers a kick landing outside KVM_RUN
+                if t.tid is not None and t.tid != me:
+                    _send_kick(t.tid, self.kick_mode)
+
+    def kick(self) -> None:
+        """Make the running APs leave KVM_RUN once, to report whether they are halted (lock held)."""
+        for t in self.threads:
+            if not t.parked and t.tid is not None:
+                _send_kick(t.tid, self.kick_mode)
+
+    def post(self, item: Exit | BaseException) -> None:
+        """From an AP thread: an exit (or an exception) the machine must see. Every AP stops and
+        the BSP's run() returns it."""
+        with self.cond:
+            if self.closing:
+                return
+            self.exits.append(item)
+            self.request_pause()
+            wake = self._wake_bsp()
+            if wake is not None:
+                wake()
+
+    def shutdown(self) -> bool:
+        """Stop and join the AP threads; False when one did not stop (its vCPU must stay mapped)."""
+        with self.cond:
+            self.closing = True
+            self.request_pause()  # the running ones leave KVM_RUN
+            self.cond.notify_all()  # the parked ones wake
+        ok = True
+        for t in self.threads:
+            if t.thread is threading.current_thread() or not self.started:
+                continue
+            t.thread.join(AP_JOIN_TIMEOUT)
+            if t.thread.is_alive():
+                log.error("%s did not stop: its vCPU stays open", t.thread.name)
+                ok = False
+        return ok
+
+
+class _ApThread:
+    """The host thread of one AP: KVM_RUN in a loop, I/O exits to the Bus, parked while paused."""
+
+    def __init__(self, aps: _Aps, vcpu: _Vcpu) -> None:
+        self.aps = aps
+        self.vcpu = vcpu
+        self.tid: int | None = None  # for pthread_kill, while the thread runs
+        self.parked = True  # out of guest code, and looks at `pause` before it enters it again
+        self.held = False  # parked before its last I/O exit reached the Bus (the lock was busy)
+        self.halted: bool | None = None  # halted for good when last kicked (None: not since it resumed)
+        self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
+
+    def _main(self) -> None:
+        aps = self.aps
+        aps.local.cpu = self.vcpu.index
+        with aps.cond:
+            self.tid = threading.get_ident()
+        try:
+            if aps.kick_mode is KickMode.MASKED:
+                _mask_kick_signal(self.vcpu.fd)
+            self._loop()
+        except BaseException as e:  # a failure here must reach the machine, not vanish with the thread
+            aps.post(e)
+        finally:
+            with aps.cond:
+                self.tid = None
+                self.parked = True
+                aps.cond.notify_all()
+
+    def _park(self) -> None:
+        """Wait while the APs are paused (lock held)."""
+        aps = self.aps
+        self.parked = True
+        aps.cond.notify_all()
+        while aps.pause and not aps.closing:
+            aps.cond.wait()
+        self.halted = None  # whoever paused us may have changed our state
+
+    def _lock_bus(self) -> bool:
+        """Take bus.lock; False when a pause came while it was busy (maybe held by the pauser)."""
+        lock = self.aps.bus.lock
+        while not lock.acquire(timeout=BUS_LOCK_POLL):
+            if self.aps.pause:
+                return False
+        return True
+
+    def _loop(self) -> None:
+        aps, v = self.aps, self.vcpu
+        run, fd, view, bus = v.run, v.fd, v.run_view, aps.bus
+        masked = aps.kick_mode is KickMode.MASKED
+        kvm_run = libc.ioctl
+        pending = False  # KVM finishes the instruction behind the last I/O exit in the next KVM_RUN
+        while True:
+            with aps.cond:
+                if aps.closing:
+                    return
+                if aps.pause:
+                    if not pending:
+                        self._park()
+                        continue  # look again: closing, paused anew, or our held exit dropped
+                    run.immediate_exit = 1  # finish that instruction first: a parked vCPU's state is whole
+                self.parked = False
+            if not self.held:
+                ret = kvm_run(fd, api.KVM_RUN, _ZERO)
+                pending = False
+                if ret < 0:
+                    err = ffi.errno
+                    if err == errno.EINTR:
+                        if masked:
+                            signal.sigtimedwait((KICK_SIGNAL,), 0)  # consume the pending kick
+                        with aps.cond:
+                            run.immediate_exit = 0
+                        self.halted = v.halted_for_good()  # the BSP's halt check reads it
+                    elif err != errno.EAGAIN:  # EAGAIN: woken by INIT, now waiting for SIPI
+                        msg = f"KVM_RUN failed on vCPU {v.index}: {os.strerror(err)}"
+                        aps.post(Exit(ExitKind.ERROR, msg, {"errno": err, "cpu": v.index}))
+                    continue
+                reason = run.exit_reason
+                if reason != api.KVM_EXIT_IO and reason != api.KVM_EXIT_MMIO:
+                    ex = v.exit_for(reason)
+                    ex.detail["cpu"] = v.index
+                    aps.post(ex)
+                    continue
+                self.halted = False
+            if not self._lock_bus():
+                self.held = True
+                continue
+            try:
+                if run.exit_reason == api.KVM_EXIT_IO:
+                    _dispatch_io(view, bus)
+                else:
+                    _dispatch_mmio(view, bus, aps.readonly)
+                pending = True
+            except BaseException as e:
+                v.finish_io()  # the machine may look at this vCPU: its instruction must be done
+                e.add_note(f"(in a Bus callback for CPU {v.index})")
+                aps.post(e)
+            finally:
+                bus.lock.release()
+            self.held = False
+
+
 class _Handles:
     """Host resources of one backend, released exactly once (by close() or at collection)."""
 
     def __init__(self) -> None:
         self.fds: list[int] = []
-        self.run_map: mmap.mmap | None = None
-        self.run_view: memoryview | None = None
-        self.run_ptr: Any = None
+        self.vcpus: list[_Vcpu] = []
+        self.aps: _Aps | None = None
         self.kicker: _Kicker | None = None
 
     def release(self) -> None:
+        stopped = self.aps is None or self.aps.shutdown()
         if self.kicker is not None:
             self.kicker.close()
             self.kicker = None
-        if self.run_ptr is not None:
-            ffi.release(self.run_ptr)
-            self.run_ptr = None
-        if self.run_view is not None:
-            self.run_view.release()
-            self.run_view = None
-        if self.run_map is not None:
-            self.run_map.close()
-            self.run_map = None
-        # vCPU first, then VM, then /dev/kvm: the reverse of creation.
+        if not stopped:
+            return  # an AP thread may still touch its kvm_run page: leave everything mapped and open
+        for v in self.vcpus:
+            v.release()
+        self.vcpus.clear()
+        # vCPUs first, then VM, then /dev/kvm: the reverse of creation.
         for fd in reversed(self.fds):
             os.close(fd)
         self.fds.clear()
@@ -192,30 +573,74 @@ BOOT_MSRS = {
 }
 
 
+def cpuid_for_vcpu(entries: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
+    """The CPUID of the vCPU with `apic_id`. KVM_GET_SUPPORTED_CPUID knows no vCPU and reports the
+    host's topology, so the topology leaves are written here: each vCPU is a package of its own,
+    one core with one thread, as with QEMU's -smp N (and emu's Unicorn model). Leaf 1: the initial
+    APIC ID in EBX[31:24], HTT clear, so EBX[23:16] stays 0. Leaf 4: no core or thread shares a
+    cache (EAX[31:14] = 0). Leaves 0xB and 0x1F, where KVM has them: an SMT and a core level of
+    one logical processor each, EDX the x2APIC ID. AMD's 0x80000008 ECX: one core (NC and
+    ApicIdSize 0); 0x8000001E EAX: the extended APIC ID."""
+    out = []
+    levels = []  # the topology leaves (0xB, 0x1F) KVM has
+    for e in entries:
+        e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+        if e.function in (0xB, 0x1F):
+            if e.function not in levels:
+                levels.append(e.function)
+                for index, level_type, count in ((0, 1, 1), (1, 2, 1), (2, 0, 0)):  # SMT, core, end
+                    out.append(CpuidEntry(e.function, index, e.flags, 0, count, level_type << 8 | index, apic_id))
+            continue
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FF_FFFF) | apic_id << 24
+        elif e.function == 4:
+            e.eax &= 0x3FFF
+        elif e.function == 0x8000_0008:
+            e.ecx &= ~0xF0FF
+        elif e.function == 0x8000_001E:
+            e.eax = apic_id
+        out.append(e)
+    return out
+
+
 class KvmBackend(Backend):
     name = "kvm"
     use_eventfds = True  # False: virtio stays on the synchronous exit path (benchmarks compare)
 
-    def __init__(self, memory: GuestMemory, bus: Bus, *, device: str = "/dev/kvm") -> None:
-        super().__init__(memory, bus)
+    def __init__(self, memory: GuestMemory, bus: Bus, *, cpus: int = 1, device: str = "/dev/kvm") -> None:
+        if cpus < 1:
+            raise ValueError(f"a machine has at least one vCPU, not {cpus}")
+        super().__init__(memory, bus, cpus)
         self.device = device
         self._h = _Handles()
         self._finalizer = weakref.finalize(self, self._h.release)
         self._closed = False
-        self._lock = threading.RLock()  # guards the stop/kick handshake with the vCPU thread
+        self._lock = threading.RLock()  # guards the stop/kick handshake and the AP pause
+        self._cond = threading.Condition(self._lock)  # AP threads park and pausers wait on it
         self._stop_requested = False
         self._kicked = False
-        self._vcpu_tid: int | None = None  # thread inside run(), for pthread_kill
-        self._thread_local = threading.local()  # .masked: SIGUSR1 blocked in this thread (masked mode)
+        self._vcpu_tid: int | None = None  # thread inside run() or step(), for pthread_kill
+        # .masked: SIGUSR1 blocked in this thread (masked mode); .cpu: the vCPU this thread runs.
+        self._thread_local = threading.local()
         self._readonly: list[tuple[int, int]] = []  # ROM ranges: guest writes there are dropped
         self._bad_msrs: set[int] = set()
         self._guest_debug_flags = 0
+        self._vcpus: list[_Vcpu] = []
+        self._aps: _Aps | None = None
+        self._taking_ap_exits = False  # run() (not step()) is in progress: AP exits end it
         try:
             self._setup()
         except BaseException:
             self.close()
             raise
+        self._bsp = self._vcpus[0]
+        self._active = self._bsp  # the vCPU run() or step() runs: request_stop() ends its KVM_RUN
         self._kick_mode = _choose_kick_mode()
+        if cpus > 1:
+            self._aps = self._h.aps = _Aps(
+                self._vcpus[1:], bus, self._readonly, self._cond, self._kick_mode, self._thread_local,
+                self._wake_for_ap,
+            )  # fmt: skip
 
     # -- what this backend can do -----------------------------------------------------------------
     @property
@@ -235,13 +660,16 @@ class KvmBackend(Backend):
     def guest_debug(self) -> GuestDebug:
         return self
 
+    def current_cpu(self) -> int:
+        return int(getattr(self._thread_local, "cpu", 0))
+
     # -- set-up ---------------------------------------------------------------------------------
     def _setup(self) -> None:
         self._kvm_fd = self._open_device()
         self._check_api()
         try:
             self._create_vm()
-            self._create_vcpu()
+            self._create_vcpus()
             self._setup_cpuid()
             self._setup_lapic()
             self._setup_msrs()
@@ -333,16 +761,24 @@ class KvmBackend(Backend):
         if debug_caps > 0 and debug_caps & api.KVM_GUESTDBG_BLOCKIRQ:
             self._guest_debug_flags = api.KVM_GUESTDBG_BLOCKIRQ
 
-    def _create_vcpu(self) -> None:
-        self._vcpu_fd = ioctl(self._vm_fd, api.KVM_CREATE_VCPU, 0, name="KVM_CREATE_VCPU")
-        self._h.fds.append(self._vcpu_fd)
+    def _create_vcpus(self) -> None:
+        """vCPUs 0..cpus-1 (after the in-kernel irqchip, so each gets a local APIC whose ID is its
+        index; KVM makes vCPU 0 the BSP and leaves the others waiting for INIT)."""
+        vm = self._vm_fd
+        # The KVM API's fallbacks: without MAX_VCPUS the limit is NR_VCPUS, without that 4.
+        limit = self._check_extension(api.KVM_CAP_MAX_VCPUS, vm)
+        if limit <= 0:
+            limit = self._check_extension(api.KVM_CAP_NR_VCPUS, vm)
+        if limit <= 0:
+            limit = 4
+        if self.cpus > limit:
+            raise BackendUnavailable(f"KVM on this host runs at most {limit} vCPUs in a machine, not {self.cpus}")
         size = ioctl(self._kvm_fd, api.KVM_GET_VCPU_MMAP_SIZE, 0, name="KVM_GET_VCPU_MMAP_SIZE")
-        h = self._h
-        h.run_map = mmap.mmap(self._vcpu_fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        h.run_view = memoryview(h.run_map)
-        h.run_ptr = ffi.from_buffer("struct kvm_run *", h.run_map)
-        self._run_ptr = h.run_ptr
-        self._run_view = h.run_view
+        for i in range(self.cpus):
+            fd = ioctl(vm, api.KVM_CREATE_VCPU, i, name=f"KVM_CREATE_VCPU ({i})")
+            self._h.fds.append(fd)
+            self._h.vcpus.append(_Vcpu(i, fd, size))
+        self._vcpus = self._h.vcpus
 
     def _setup_cpuid(self) -> None:
         """The emu CPU model (emu/cpu/cpuid.py) cut to what KVM supports on this host."""
@@ -359,77 +795,151 @@ class KvmBackend(Backend):
         fields = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
         supported = [CpuidEntry(*(int(getattr(cpuid.entries[i], f)) for f in fields)) for i in range(cpuid.nent)]
         shaped = shape_kvm(supported)
-        for i, entry in enumerate(shaped):
-            for f in fields:
-                setattr(cpuid.entries[i], f, getattr(entry, f))
-        cpuid.nent = len(shaped)
-        ioctl(self._vcpu_fd, api.KVM_SET_CPUID2, cpuid, name="KVM_SET_CPUID2")
+        for v in self._vcpus:
+            entries = cpuid_for_vcpu(shaped, v.index)
+            cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(entries), "entries": len(entries)})
+            for i, entry in enumerate(entries):
+                for f in fields:
+                    setattr(cpuid.entries[i], f, getattr(entry, f))
+            ioctl(v.fd, api.KVM_SET_CPUID2, cpuid, name="KVM_SET_CPUID2")
 
     def _setup_lapic(self) -> None:
-        """LINT0 = ExtINT (the 8259's output reaches the CPU through the LAPIC, as in virtual wire
-        mode) and LINT1 = NMI, as a PC BIOS programs them and the MP table says."""
-        lapic = ffi.new("struct kvm_lapic_state *")
-        ioctl(self._vcpu_fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
+        """On the BSP: LINT0 = ExtINT (the 8259's output reaches the CPU through the LAPIC, as in
+        virtual wire mode) and LINT1 = NMI, as a PC BIOS programs them and the MP table says. The
+        APs' LINTs stay masked, as KVM creates them and as firmware leaves them."""
+        bsp = self._vcpus[0]
+        lapic = bsp.get_lapic()
         regs = ffi.buffer(lapic.regs)
         for offset, mode in ((LAPIC_LVT_LINT0, LVT_DELIVERY_EXTINT), (LAPIC_LVT_LINT1, LVT_DELIVERY_NMI)):
             value = int.from_bytes(regs[offset : offset + 4], "little")
             value = (value & ~LVT_DELIVERY_MASK) | mode
             regs[offset : offset + 4] = value.to_bytes(4, "little")
-        ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+        ioctl(bsp.fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
 
-    def _save_platform(self) -> tuple[Any, Any]:
-        """The in-kernel PIT and LAPIC as they are now (at power-on); the irqchip keeps its own."""
+    def _save_platform(self) -> tuple[Any, list[tuple[Any, int]]]:
+        """The in-kernel PIT, and each vCPU's LAPIC and IA32_APIC_BASE, as they are now (at
+        power-on); the irqchip keeps its own."""
         self._irqchip.save_power_on()
         pit = ffi.new("struct kvm_pit_state2 *")
         ioctl(self._vm_fd, api.KVM_GET_PIT2, pit, name="KVM_GET_PIT2")
-        lapic = ffi.new("struct kvm_lapic_state *")
-        ioctl(self._vcpu_fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
-        return pit, lapic
+        return pit, [(v.get_lapic(), int(v.get_sregs().apic_base)) for v in self._vcpus]
 
     def reset_platform(self) -> None:
         self._check_open()
-        pit, lapic = self._power_on
+        pit, lapics = self._power_on
         ioctl(self._vm_fd, api.KVM_SET_PIT2, pit, name="KVM_SET_PIT2")
-        ioctl(self._vcpu_fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+        self._pause_aps()
+        aps = self._aps
+        if aps is not None:
+            with self._lock:
+                aps.exits.clear()
+                aps.final = False
+        for v in self._vcpus:
+            lapic, apic_base = lapics[v.index]
+            # IA32_APIC_BASE first: the guest may have left x2APIC mode on, in which KVM_SET_LAPIC
+            # would read the saved xAPIC ID register differently.
+            sregs = v.get_sregs()
+            sregs.apic_base = apic_base
+            ioctl(v.fd, api.KVM_SET_SREGS, sregs, name="KVM_SET_SREGS")
+            ioctl(v.fd, api.KVM_SET_LAPIC, lapic, name="KVM_SET_LAPIC")
+        if aps is None:
+            return
+        for t in aps.threads:  # back to power-on: reset registers, waiting for INIT
+            self._drop_held_io(t, warn=False)
+            self._put_state(t.vcpu, CpuState())
+            t.vcpu.set_mp_state(api.KVM_MP_STATE_UNINITIALIZED)
 
     def _setup_msrs(self) -> None:
         """The MSR values a VMM sets before the first instruction (as Firecracker does): fast
         strings on, MTRRs on with write-back as the default type. Best effort: an MSR this host
         refuses is logged and skipped."""
-        for index, value in BOOT_MSRS.items():
-            try:
-                self._set_msrs({index: value})
-            except (ValueError, KvmError) as e:
-                log.info("KVM refused boot MSR %#x: %s", index, e)
+        for v in self._vcpus:
+            for index, value in BOOT_MSRS.items():
+                try:
+                    self._set_msrs({index: value}, v.fd)
+                except (ValueError, KvmError) as e:
+                    if v.index == 0:
+                        log.info("KVM refused boot MSR %#x: %s", index, e)
 
     # -- running --------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the KVM backend is closed")
 
-    def run(self) -> Exit:
+    def _vcpu(self, cpu: int) -> _Vcpu:
+        """vCPU `cpu`, out of KVM_RUN (the APs paused) so that its ioctls can run."""
         self._check_open()
-        tid = threading.get_ident()
+        if not 0 <= cpu < self.cpus:
+            raise EmuError(f"there is no CPU {cpu}: the machine has {self.cpus}")
+        if cpu:
+            self._pause_aps()
+        return self._vcpus[cpu]
+
+    def _prepare_thread(self) -> None:
         # (Per thread object, not per ident: a later thread may reuse the ident of an exited one.)
         if self._kick_mode is KickMode.MASKED and not getattr(self._thread_local, "masked", False):
-            self._mask_kick_signal()
+            _mask_kick_signal(self._bsp.fd)
             self._thread_local.masked = True
+
+    def run(self) -> Exit:
+        if self._aps is None:
+            return self._run_vcpu(self._bsp)
+        return self._run_all(self._aps)
+
+    def _run_all(self, aps: _Aps) -> Exit:
+        """run() with APs: their threads run on while this one runs the BSP."""
+        self._check_open()
+        with self._lock:
+            queued = aps.exits.pop(0) if aps.exits else None
+        if queued is not None:  # an AP exit that a previous run() did not return: APs stay paused
+            self._pause_aps()
+            return _exit_or_raise(queued)
+        self._prepare_thread()  # first: AP threads inherit this thread's signal mask
+        if not aps.started:
+            aps.start()
+        self._taking_ap_exits = True
+        try:
+            ex = self._run_vcpu(self._bsp, resume_aps=True)
+        except BaseException:
+            self._pause_aps()
+            raise
+        finally:
+            self._taking_ap_exits = False
+        ex.detail.setdefault("cpu", 0)
+        if ex.kind not in (ExitKind.INTERRUPTED, ExitKind.HALT):
+            self._pause_aps()  # a fault or breakpoint stops every vCPU
+        return ex
+
+    def _run_vcpu(self, v: _Vcpu, resume_aps: bool = False) -> Exit:
+        """Run vCPU `v` in this thread until an exit the machine must see."""
+        self._check_open()
+        self._prepare_thread()
         if self._h.kicker is None:
-            self._h.kicker = _Kicker(self._kick, KICK_INTERVAL)
+            self._h.kicker = _Kicker(self._kick, KICK_INTERVAL, self._idle if self._aps is not None else None)
         kicker = self._h.kicker
         with self._lock:
-            self._vcpu_tid = tid
+            self._vcpu_tid = threading.get_ident()
+            self._active = v
+            if v is not self._bsp and self._stop_requested:
+                v.run.immediate_exit = 1
+            if resume_aps:  # under the lock, with _vcpu_tid set: _idle() cannot pause them again
+                self._resume_aps()
         kicker.set_active(True)
         try:
-            return self._run_loop()
+            return self._run_loop(v)
         finally:
             kicker.set_active(False)
             with self._lock:
                 self._vcpu_tid = None
+                if v is not self._bsp:
+                    v.run.immediate_exit = 0
+                    self._active = self._bsp
+                    if self._stop_requested:
+                        self._bsp.run.immediate_exit = 1
 
-    def _run_loop(self) -> Exit:
-        run = self._run_ptr
-        fd = self._vcpu_fd
+    def _run_loop(self, v: _Vcpu) -> Exit:
+        run, fd, view, bus, readonly = v.run, v.fd, v.run_view, self.bus, self._readonly
+        lock = bus.lock if self._aps is not None else None  # other vCPU threads: devices under the big lock
         kvm_run = libc.ioctl
         while True:
             if kvm_run(fd, api.KVM_RUN, _ZERO) < 0:
@@ -443,271 +953,299 @@ class KvmBackend(Backend):
                 reason = run.exit_reason
             try:
                 if reason == api.KVM_EXIT_IO:
-                    self._do_io()
+                    if lock is None:
+                        _dispatch_io(view, bus)
+                    else:
+                        with lock:
+                            _dispatch_io(view, bus)
                     continue
                 if reason == api.KVM_EXIT_MMIO:
-                    self._do_mmio()
+                    if lock is None:
+                        _dispatch_mmio(view, bus, readonly)
+                    else:
+                        with lock:
+                            _dispatch_mmio(view, bus, readonly)
                     continue
             except BaseException:
-                self._complete_pending_io()
+                self._finish_io(v)
                 raise  # a Bus callback failed: the machine decides what happens next
             if reason == api.KVM_EXIT_INTR:
-                ex = self._on_interrupted()
+                ex = self._on_interrupted(v)
                 if ex is not None:
                     return ex
                 continue
-            return self._exit_for(reason)
+            return v.exit_for(reason)
 
-    def _complete_pending_io(self) -> None:
-        """Finish the guest instruction behind an I/O exit whose Bus callback raised.
-
-        KVM completes an exit's instruction only on the next KVM_RUN; without this the
-        machine, which may look at the CPU state after the exception, would see it half done.
-        """
-        run = self._run_ptr
-        if run.exit_reason == api.KVM_EXIT_IO and run.io.direction == api.KVM_EXIT_IO_IN:
-            n = run.io.size * run.io.count
-            off = run.io.data_offset
-            self._run_view[off : off + n] = b"\xff" * n  # the failed read returns all-ones
-        elif run.exit_reason == api.KVM_EXIT_MMIO and not run.mmio.is_write:
-            run.mmio.data = [0xFF] * 8
+    def _finish_io(self, v: _Vcpu) -> None:
+        """Finish the guest instruction behind an I/O exit whose Bus callback raised: without
+        this the machine, which may look at the CPU state after the exception, would see it
+        half done."""
         with self._lock:
-            run.immediate_exit = 1
-        libc.ioctl(self._vcpu_fd, api.KVM_RUN, _ZERO)  # returns EINTR once the instruction is done
+            v.run.immediate_exit = 1
+        v.finish_io()
         with self._lock:
-            run.immediate_exit = 1 if self._stop_requested else 0
+            v.run.immediate_exit = 1 if self._stop_requested else 0
 
-    def _do_io(self) -> None:
-        view = self._run_view
-        direction, size, port, count, off = _IO_LAYOUT.unpack_from(view, _RUN_IO)
-        fmt = _PIO_FORMATS[size]
-        bus = self.bus
-        if direction == api.KVM_EXIT_IO_OUT:
-            if count == 1:
-                bus.pio_write(port, size, fmt.unpack_from(view, off)[0])
-            else:  # string I/O: `count` elements of `size` bytes each
-                for (value,) in fmt.iter_unpack(view[off : off + size * count]):
-                    bus.pio_write(port, size, value)
-        else:
-            for i in range(count):
-                fmt.pack_into(view, off + i * size, bus.pio_read(port, size))
-
-    def _do_mmio(self) -> None:
-        view = self._run_view
-        addr, data, length, is_write = _MMIO_LAYOUT.unpack_from(view, _RUN_MMIO)
-        bus = self.bus
-        if is_write:
-            if any(start <= addr < end for start, end in self._readonly):
-                return  # a write to ROM: dropped, as on real hardware
-            if length in (1, 2, 4, 8):
-                bus.mmio_write(addr, length, int.from_bytes(data[:length], "little"))
-            else:  # odd sizes (page-crossing pieces): byte by byte
-                for i in range(length):
-                    bus.mmio_write(addr + i, 1, data[i])
-        else:
-            if length in (1, 2, 4, 8):
-                value = bus.mmio_read(addr, length).to_bytes(length, "little")
-            else:
-                value = bytes(bus.mmio_read(addr + i, 1) for i in range(length))
-            start = _RUN_MMIO + 8
-            view[start : start + length] = value
-
-    def _on_interrupted(self) -> Exit | None:
-        """KVM_RUN returned EINTR: a stop request, a kick, or some other signal."""
+    def _on_interrupted(self, v: _Vcpu) -> Exit | None:
+        """KVM_RUN returned EINTR: a stop request, an AP's exit, a kick, or some other signal."""
         if self._kick_mode is KickMode.MASKED:
             signal.sigtimedwait((KICK_SIGNAL,), 0)  # consume the pending kick
-        run = self._run_ptr
+        run = v.run
+        aps = self._aps
         with self._lock:
             run.immediate_exit = 0
+            if aps is not None and aps.exits and self._taking_ap_exits:
+                item = aps.exits.pop(0)
+                if aps.exits or self._stop_requested:
+                    run.immediate_exit = 1  # the next run() returns those
+                return _exit_or_raise(item)
             if self._stop_requested:
                 self._stop_requested = False
                 self._kicked = False
                 return Exit(ExitKind.INTERRUPTED, "stop requested")
             kicked, self._kicked = self._kicked, False
-        if kicked and self._halted_with_interrupts_off():
+        if kicked and v.halted_for_good() and self._others_halted_for_good(v):
             return Exit(ExitKind.HALT, "hlt with interrupts disabled", {"for_good": True})
         return None
 
-    def _exit_for(self, reason: int) -> Exit:
-        run = self._run_ptr
-        if reason == api.KVM_EXIT_HLT:  # only without an in-kernel APIC
-            for_good = not self._get_regs().rflags & x86.FLAG_IF
-            return Exit(ExitKind.HALT, "hlt", {"for_good": for_good})
-        if reason == api.KVM_EXIT_SHUTDOWN:
-            return Exit(ExitKind.SHUTDOWN, "triple fault")
-        if reason == api.KVM_EXIT_DEBUG:
-            arch = run.debug.arch
-            detail = {"exception": arch.exception, "pc": arch.pc, "dr6": arch.dr6, "dr7": arch.dr7}
-            if arch.exception == x86.Vector.DB and arch.dr6 & (1 << 14):  # DR6.BS
-                what = "single step"
-            elif arch.exception == x86.Vector.BP:
-                what = "breakpoint"
-            else:
-                what = f"debug exception {arch.exception}"
-            return Exit(ExitKind.DEBUG, what, detail)
-        if reason == api.KVM_EXIT_FAIL_ENTRY:
-            code = run.fail_entry.hardware_entry_failure_reason
-            cpu = run.fail_entry.cpu
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM could not enter the guest: hardware entry failure reason {code:#x} (host cpu {cpu})",
-                {"exit_reason": reason, "hardware_entry_failure_reason": code, "cpu": cpu},
-            )
-        if reason == api.KVM_EXIT_INTERNAL_ERROR:
-            sub = run.internal.suberror
-            data = [int(run.internal.data[i]) for i in range(min(run.internal.ndata, 16))]
-            what = api.INTERNAL_ERROR_NAMES.get(sub, "unknown")
-            words = " ".join(f"{d:#x}" for d in data)
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM internal error: suberror {sub} ({what}), data [{words}]",
-                {"exit_reason": reason, "suberror": sub, "data": data},
-            )
-        if reason == api.KVM_EXIT_UNKNOWN:
-            hw = run.hw.hardware_exit_reason
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM exit with unknown reason: hardware exit reason {hw:#x}",
-                {"exit_reason": reason, "hardware_exit_reason": hw},
-            )
-        name = api.EXIT_NAMES.get(reason, "?")
-        return Exit(ExitKind.ERROR, f"unexpected KVM exit reason {reason} ({name})", {"exit_reason": reason})
-
-    # -- stopping and kicking -------------------------------------------------------------------
+    # -- stopping, kicking and pausing --------------------------------------------------------------
     def request_stop(self) -> None:
         with self._lock:
             self._stop_requested = True
             if not self._closed:
-                self._run_ptr.immediate_exit = 1  # covers a signal landing outside KVM_RUN
+                self._active.run.immediate_exit = 1  # covers a signal landing outside KVM_RUN
             self._signal_vcpu()
+
+    def request_final_stop(self) -> None:
+        self.request_stop()
+        with self._lock:
+            if self._aps is not None and not self._closed:
+                self._aps.final = True
+                self._aps.request_pause()
+
+    def _wake_for_ap(self) -> None:
+        """An AP queued an exit: end the BSP's KVM_RUN so that run() returns it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._bsp.run.immediate_exit = 1
+            if self._active is self._bsp:
+                self._signal_vcpu()
 
     def _kick(self) -> None:
         with self._lock:
             if self._vcpu_tid is not None:
                 self._kicked = True
                 self._signal_vcpu()
+                if self._aps is not None and not self._aps.pause:
+                    self._aps.kick()
+
+    def _idle(self) -> None:
+        """run() has not been called again for KICK_INTERVAL: the machine or the debugger holds
+        the guest, so the APs stop too (the next run() resumes them)."""
+        with self._lock:
+            aps = self._aps
+            if aps is not None and self._vcpu_tid is None and not aps.pause and not self._closed:
+                aps.request_pause()
 
     def _signal_vcpu(self) -> None:
-        """Interrupt the thread inside run(), if any (called with the lock held)."""
-        tid = self._vcpu_tid
-        if tid is None:
-            return
-        # Never deliver SIGUSR1 without our handler or the mask: the default action kills.
-        if self._kick_mode is KickMode.HANDLER and signal.getsignal(KICK_SIGNAL) is not _ignore_signal:
-            return
-        signal.pthread_kill(tid, KICK_SIGNAL)
+        """Interrupt the thread inside run() or step(), if any (called with the lock held)."""
+        if self._vcpu_tid is not None:
+            _send_kick(self._vcpu_tid, self._kick_mode)
 
-    def _mask_kick_signal(self) -> None:
-        """Masked mode: block SIGUSR1 in this thread, and let KVM unblock it inside KVM_RUN."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {KICK_SIGNAL})
-        bits = 0
-        for sig in old - {KICK_SIGNAL}:
-            bits |= 1 << (int(sig) - 1)
-        size = api.KERNEL_SIGSET_BYTES
-        mask = ffi.new("struct kvm_signal_mask *", {"len": size, "sigset": list(bits.to_bytes(size, "little"))})
-        ioctl(self._vcpu_fd, api.KVM_SET_SIGNAL_MASK, mask, name="KVM_SET_SIGNAL_MASK")
+    def _pause_aps(self) -> None:
+        """Park every AP thread, so that the APs' vCPU ioctls can run (no-op with one vCPU).
+        The caller must not hold bus.lock for long: an AP finishing an I/O exit waits for it."""
+        aps = self._aps
+        if aps is None:
+            return
+        if any(t.thread is threading.current_thread() for t in aps.threads):
+            raise RuntimeError("an AP's own thread cannot pause the APs (a device asked for CPU state?)")
+        with self._cond:
+            if aps.pause and aps.all_parked():
+                return
+            aps.request_pause()
+            while not aps.all_parked():
+                if not self._cond.wait(PAUSE_WARN_AFTER):
+                    running = ", ".join(t.thread.name for t in aps.threads if not t.parked)
+                    log.warning("%s still running %g s after a pause request", running, PAUSE_WARN_AFTER)
+                    aps.request_pause()
+
+    def _resume_aps(self) -> None:
+        """Let the APs run again, unless a final stop or an AP exit keeps them paused (lock held)."""
+        aps = self._aps
+        if aps is not None and aps.pause and not aps.final and not aps.exits:
+            aps.pause = False
+            self._cond.notify_all()
+
+    def _drop_held_io(self, t: _ApThread, warn: bool = True) -> None:
+        """A paused AP whose I/O exit never reached the Bus gets a new state: finish its
+        instruction without the Bus first, or KVM would complete it on top of the new state."""
+        if t.held:
+            if warn:
+                log.warning("CPU %d: an I/O access is dropped (its state was replaced while it waited for bus.lock)",
+                            t.vcpu.index)  # fmt: skip
+            t.vcpu.finish_io()
+            t.vcpu.run.immediate_exit = 0
+            t.held = False
 
     # -- halt -----------------------------------------------------------------------------------
-    def _halted_with_interrupts_off(self) -> bool:
-        mp = ffi.new("struct kvm_mp_state *")
-        ioctl(self._vcpu_fd, api.KVM_GET_MP_STATE, mp, name="KVM_GET_MP_STATE")
-        if mp.mp_state != api.KVM_MP_STATE_HALTED:
+    def _others_halted_for_good(self, running: _Vcpu) -> bool:
+        """Every vCPU but `running`, which the caller checked (it runs in this thread), is
+        halted for good (called during run() or step())."""
+        if running is not self._bsp and not self._bsp.halted_for_good():
             return False
-        return not self._get_regs().rflags & x86.FLAG_IF
+        return self._aps_halted_for_good(in_run=True)
+
+    def _aps_halted_for_good(self, in_run: bool) -> bool:
+        aps = self._aps
+        if aps is None:
+            return True
+        with self._lock:
+            # A running AP reports at each kick: one seen running is a no without stopping anyone.
+            if any(not t.parked and t.halted is False for t in aps.threads):
+                return False
+            was_paused = aps.pause
+        # The reports may be stale (an IPI may have woken one since): look at every AP itself.
+        self._pause_aps()
+        halted = all(not t.held and t.vcpu.halted_for_good() for t in aps.threads)
+        if not halted and in_run and not was_paused:
+            with self._lock:
+                self._resume_aps()
+        return halted
 
     def is_halted_for_good(self) -> bool:
         self._check_open()
-        return self._halted_with_interrupts_off()
+        return self._bsp.halted_for_good() and self._aps_halted_for_good(in_run=False)
+
+    def cpu_status(self, cpu: int) -> str:
+        mp = self._vcpu(cpu).mp_state()
+        if mp == api.KVM_MP_STATE_HALTED:
+            return "halted"
+        if mp in _WAIT_FOR_SIPI:
+            return "wait-for-sipi"
+        return "running"
 
     # -- interrupts and single-step -------------------------------------------------------------
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
-        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* bits (ENABLE added when any is set),
-        `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py)."""
+        """KVM_SET_GUEST_DEBUG on the BSP: `control` is KVM_GUESTDBG_* bits (ENABLE added when any
+        is set), `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py)."""
         self._check_open()
+        self._set_guest_debug(self._bsp, control, debugreg)
+
+    def _set_guest_debug(self, v: _Vcpu, control: int, debugreg: list[int] | None = None) -> None:
         dbg = ffi.new("struct kvm_guest_debug *")
         dbg.control = control | api.KVM_GUESTDBG_ENABLE | self._guest_debug_flags if control else 0
-        for i, v in enumerate(debugreg or []):
-            dbg.arch.debugreg[i] = v
-        ioctl(self._vcpu_fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
+        for i, value in enumerate(debugreg or []):
+            dbg.arch.debugreg[i] = value
+        ioctl(v.fd, api.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
 
-    def step(self) -> Exit:
-        self.set_guest_debug(api.KVM_GUESTDBG_SINGLESTEP)
+    def step(self, cpu: int = 0) -> Exit:
+        v = self._vcpu(cpu)
+        self._pause_aps()  # the others stand still
+        if cpu == 0:
+            self.set_guest_debug(api.KVM_GUESTDBG_SINGLESTEP)
+            try:
+                ex = self._run_vcpu(v)
+            finally:
+                self.set_guest_debug(0)
+        else:
+            ex = self._step_ap(v)
+        if self._aps is not None:
+            ex.detail.setdefault("cpu", cpu)
+        return ex
+
+    def _step_ap(self, v: _Vcpu) -> Exit:
+        """One instruction of a paused AP, run from this thread (KVM allows any thread of the
+        process; its own thread stays parked)."""
+        assert self._aps is not None
+        t = self._aps.threads[v.index - 1]
+        if not t.held and v.mp_state() in _WAIT_FOR_SIPI:
+            return Exit(ExitKind.HALT, f"CPU {v.index} waits for INIT-SIPI-SIPI", {"for_good": False})
+        if self._kick_mode is KickMode.MASKED:
+            _mask_kick_signal(v.fd)  # its KVM_RUN now runs in this thread, with this thread's mask
+        self._thread_local.cpu = v.index
+        self._set_guest_debug(v, api.KVM_GUESTDBG_SINGLESTEP)
         try:
-            return self.run()
+            if t.held:  # the instruction behind the held exit is the one to step: finish it
+                with self.bus.lock:
+                    if v.run.exit_reason == api.KVM_EXIT_IO:
+                        _dispatch_io(v.run_view, self.bus)
+                    else:
+                        _dispatch_mmio(v.run_view, self.bus, self._readonly)
+                t.held = False
+            return self._run_vcpu(v)
         finally:
-            self.set_guest_debug(0)
+            self._set_guest_debug(v, 0)
+            self._thread_local.cpu = 0
 
     # -- state ----------------------------------------------------------------------------------
-    def _get_regs(self) -> Any:
-        regs = ffi.new("struct kvm_regs *")
-        ioctl(self._vcpu_fd, api.KVM_GET_REGS, regs, name="KVM_GET_REGS")
-        return regs
-
-    def _get_sregs(self) -> Any:
-        sregs = ffi.new("struct kvm_sregs *")
-        ioctl(self._vcpu_fd, api.KVM_GET_SREGS, sregs, name="KVM_GET_SREGS")
-        return sregs
-
-    def get_state(self) -> CpuState:
-        self._check_open()
-        fd = self._vcpu_fd
+    def get_state(self, cpu: int = 0) -> CpuState:
+        v = self._vcpu(cpu)
+        fd = v.fd
         state = CpuState()
-        conv.regs_to_state(self._get_regs(), state)
-        conv.sregs_to_state(self._get_sregs(), state)
-        state.fpu = self._get_fpu()
+        conv.regs_to_state(v.get_regs(), state)
+        conv.sregs_to_state(v.get_sregs(), state)
+        state.fpu = self._get_fpu(fd)
         dr = ffi.new("struct kvm_debugregs *")
         ioctl(fd, api.KVM_GET_DEBUGREGS, dr, name="KVM_GET_DEBUGREGS")
         conv.debugregs_to_state(dr, state)
-        state.msrs = self._get_msrs(x86.STATE_MSRS)
+        state.msrs = self._get_msrs(x86.STATE_MSRS, fd)
         return state
 
-    def set_state(self, state: CpuState) -> None:
-        self._check_open()
-        fd = self._vcpu_fd
-        sregs = self._get_sregs()  # for apic_base, which CpuState does not carry
+    def set_state(self, state: CpuState, cpu: int = 0) -> None:
+        v = self._vcpu(cpu)
+        if self._aps is not None and cpu:
+            self._drop_held_io(self._aps.threads[cpu - 1])
+        self._put_state(v, state)
+        # A CPU given a new state runs it: wake a vCPU left halted (e.g. by `cli; hlt`). An AP
+        # waiting for INIT-SIPI keeps waiting: only STARTUP starts it.
+        if cpu == 0 or v.mp_state() == api.KVM_MP_STATE_HALTED:
+            v.set_mp_state(api.KVM_MP_STATE_RUNNABLE)
+
+    def _put_state(self, v: _Vcpu, state: CpuState) -> None:
+        fd = v.fd
+        sregs = v.get_sregs()  # for apic_base, which CpuState does not carry
         conv.state_to_sregs(state, sregs)
         ioctl(fd, api.KVM_SET_SREGS, sregs, name="KVM_SET_SREGS")
         regs = ffi.new("struct kvm_regs *")
         conv.state_to_regs(state, regs)
         ioctl(fd, api.KVM_SET_REGS, regs, name="KVM_SET_REGS")
-        self._set_msrs({i: state.msrs[i] for i in x86.STATE_MSRS if i in state.msrs})
-        self._set_fpu(state.fpu)
+        self._set_msrs({i: state.msrs[i] for i in x86.STATE_MSRS if i in state.msrs}, fd)
+        self._set_fpu(state.fpu, fd)
         dr = ffi.new("struct kvm_debugregs *")
         conv.state_to_debugregs(state, dr)
         ioctl(fd, api.KVM_SET_DEBUGREGS, dr, name="KVM_SET_DEBUGREGS")
-        # A CPU given a new state runs it: wake a vCPU left halted (e.g. by `cli; hlt`).
-        mp = ffi.new("struct kvm_mp_state *", {"mp_state": api.KVM_MP_STATE_RUNNABLE})
-        ioctl(fd, api.KVM_SET_MP_STATE, mp, name="KVM_SET_MP_STATE")
 
     # x87/SSE state goes through XSAVE where KVM has it: KVM_SET_FPU ignores MXCSR and does not
     # mark x87/SSE as in use in the XSAVE header, so the guest would get init values instead.
-    def _get_xsave(self) -> Any:
+    def _get_xsave(self, fd: int) -> Any:
         buf = ffi.new("uint8_t[]", self._xsave_size)
-        ioctl(self._vcpu_fd, self._xsave_get, ffi.cast("struct kvm_xsave *", buf), name="KVM_GET_XSAVE")
+        ioctl(fd, self._xsave_get, ffi.cast("struct kvm_xsave *", buf), name="KVM_GET_XSAVE")
         return buf
 
-    def _get_fpu(self) -> FpuState:
+    def _get_fpu(self, fd: int) -> FpuState:
         if self._xsave_size:
-            return conv.xsave_to_fpu(memoryview(ffi.buffer(self._get_xsave())))
+            return conv.xsave_to_fpu(memoryview(ffi.buffer(self._get_xsave(fd))))
         fpu = ffi.new("struct kvm_fpu *")
-        ioctl(self._vcpu_fd, api.KVM_GET_FPU, fpu, name="KVM_GET_FPU")
+        ioctl(fd, api.KVM_GET_FPU, fpu, name="KVM_GET_FPU")
         return conv.fpu_to_state(fpu)
 
-    def _set_fpu(self, f: FpuState) -> None:
+    def _set_fpu(self, f: FpuState, fd: int) -> None:
         if self._xsave_size:
-            buf = self._get_xsave()
+            buf = self._get_xsave(fd)
             conv.fpu_to_xsave(f, memoryview(ffi.buffer(buf)))
-            ioctl(self._vcpu_fd, api.KVM_SET_XSAVE, ffi.cast("struct kvm_xsave *", buf), name="KVM_SET_XSAVE")
+            ioctl(fd, api.KVM_SET_XSAVE, ffi.cast("struct kvm_xsave *", buf), name="KVM_SET_XSAVE")
             return
         fpu = ffi.new("struct kvm_fpu *")
         conv.state_to_fpu(f, fpu)
-        ioctl(self._vcpu_fd, api.KVM_SET_FPU, fpu, name="KVM_SET_FPU")
+        ioctl(fd, api.KVM_SET_FPU, fpu, name="KVM_SET_FPU")
 
-    def _get_msrs(self, indices: tuple[int, ...]) -> dict[int, int]:
+    def _get_msrs(self, indices: tuple[int, ...], fd: int) -> dict[int, int]:
         wanted = [i for i in indices if i not in self._bad_msrs]
         while True:
             msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(wanted), "entries": [{"index": i} for i in wanted]})
-            done = ioctl(self._vcpu_fd, api.KVM_GET_MSRS, msrs, name="KVM_GET_MSRS")
+            done = ioctl(fd, api.KVM_GET_MSRS, msrs, name="KVM_GET_MSRS")
             if done == len(wanted):
                 break
             # KVM stops at the first MSR it cannot read: remember it and ask again without it.
@@ -717,19 +1255,27 @@ class KvmBackend(Backend):
         values = {int(msrs.entries[k].index): int(msrs.entries[k].data) for k in range(len(wanted))}
         return {i: values.get(i, 0) for i in indices}
 
-    def _set_msrs(self, values: dict[int, int]) -> None:
+    def _set_msrs(self, values: dict[int, int], fd: int) -> None:
         items = [(i, v) for i, v in values.items() if i not in self._bad_msrs]
         entries = [{"index": i, "data": v} for i, v in items]
         msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(entries), "entries": entries})
-        done = ioctl(self._vcpu_fd, api.KVM_SET_MSRS, msrs, name="KVM_SET_MSRS")
+        done = ioctl(fd, api.KVM_SET_MSRS, msrs, name="KVM_SET_MSRS")
         if done != len(entries):
             index, value = items[done]
             raise ValueError(f"KVM refused MSR {index:#x} = {value:#x}")
 
     # -- teardown -------------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop and join the AP threads, then release the vCPUs, the VM and /dev/kvm."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._finalizer()
+
+
+def _exit_or_raise(item: Exit | BaseException) -> Exit:
+    """An AP's queued exit, or the exception its Bus callback raised (raised here, in run())."""
+    if isinstance(item, BaseException):
+        raise item
+    return item
