@@ -268,3 +268,33 @@ def shape_kvm(supported: list[CpuidEntry]) -> list[CpuidEntry]:
 
 def _mask(wanted: Regs, supported: Regs) -> Regs:
     return (wanted[0] & supported[0], wanted[1] & supported[1], wanted[2] & supported[2], wanted[3] & supported[3])
+
+
+def kvm_vcpu_cpuid(entries: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
+    """The CPUID of the vCPU with `apic_id`. KVM_GET_SUPPORTED_CPUID knows no vCPU and reports the
+    host's topology, so the topology leaves are written here: each vCPU is a package of its own,
+    one core with one thread, as with QEMU's -smp N (and emu's Unicorn model). Leaf 1: the initial
+    APIC ID in EBX[31:24], HTT clear, so EBX[23:16] stays 0. Leaf 4: no core or thread shares a
+    cache (EAX[31:14] = 0). Leaves 0xB and 0x1F, where KVM has them: an SMT and a core level of
+    one logical processor each, EDX the x2APIC ID. AMD's 0x80000008 ECX: one core (NC and
+    ApicIdSize 0); 0x8000001E EAX: the extended APIC ID."""
+    out = []
+    levels = []  # the topology leaves (0xB, 0x1F) KVM has
+    for e in entries:
+        e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+        if e.function in (0xB, 0x1F):
+            if e.function not in levels:
+                levels.append(e.function)
+                for index, level_type, count in ((0, 1, 1), (1, 2, 1), (2, 0, 0)):  # SMT, core, end
+                    out.append(CpuidEntry(e.function, index, e.flags, 0, count, level_type << 8 | index, apic_id))
+            continue
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FF_FFFF) | apic_id << 24
+        elif e.function == 4:
+            e.eax &= 0x3FFF
+        elif e.function == 0x8000_0008:
+            e.ecx &= ~0xF0FF
+        elif e.function == 0x8000_001E:
+            e.eax = apic_id
+        out.append(e)
+    return out

@@ -5,19 +5,11 @@ the bootstrap processor (BSP). Every other method except request_stop(), request
 and current_cpu() must be called while run() is not in progress. Two things interrupt a KVM_RUN
 in progress: request_stop() and a kicker thread that pokes the vCPUs every KICK_INTERVAL seconds
 so that run() can notice a guest sitting in `cli; hlt` (with the in-kernel irqchip HLT never
-reaches userspace, so nothing else would ever end that run()).
+reaches userspace, so nothing else would ever end that run()). A kick is a SIGUSR1 to the vCPU's
+thread (kicks.py).
 
-Kicking is a SIGUSR1 sent to a vCPU's thread with pthread_kill, which makes KVM_RUN return
-EINTR. Two ways to keep that signal from killing the process:
-- handler mode (the usual one): a no-op Python handler for SIGUSR1, installed by the first
-  backend created in the main thread. A stop request also sets kvm_run.immediate_exit, so a
-  signal that lands while the thread is outside KVM_RUN is not lost.
-- masked mode (when no handler can be installed: the backend was created in another thread, or
-  SIGUSR1 belongs to someone else): each vCPU thread blocks SIGUSR1 and KVM_SET_SIGNAL_MASK
-  unblocks it only inside KVM_RUN; the pending signal is consumed with sigtimedwait afterwards.
-
-Several vCPUs (`cpus` > 1). Each application processor (AP) gets a host thread ("vcpu1", ...),
-started by the first run(), that loops in KVM_RUN and hands its port and MMIO exits to the Bus
+Several vCPUs (`cpus` > 1). Each application processor (AP) gets a host thread ("vcpu1", ...,
+ap_threads.py), started by the first run(), that loops in KVM_RUN and hands its port and MMIO exits to the Bus
 under `bus.lock` (the BSP then takes it too). The rest happens in the kernel: an AP waits for
 INIT-SIPI-SIPI inside KVM_RUN, and IPIs go from LAPIC to LAPIC. An AP exit the machine must see
 (a triple fault, an error, a Bus callback that raised) is queued, the BSP's KVM_RUN is
@@ -43,27 +35,25 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import signal
-import struct
 import threading
-import time
 import weakref
-from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 from emu import layout
 from emu.backends.base import Backend, BackendUnavailable, Capabilities, Exit, ExitKind, GuestDebug
 from emu.backends.kvm import api
 from emu.backends.kvm import convert as conv
+from emu.backends.kvm.ap_threads import Aps, ApThread
 from emu.backends.kvm.api import KvmError, ffi, ioctl, libc
 from emu.backends.kvm.eventfds import KvmEventfds
 from emu.backends.kvm.irqchip import KvmIrqChip
+from emu.backends.kvm.kicks import KICK_SIGNAL, Kicker, KickMode, choose_kick_mode, mask_kick_signal, send_kick
+from emu.backends.kvm.vcpu_run import WAIT_FOR_SIPI, ZERO, KvmVcpu, dispatch_io, dispatch_mmio
 from emu.bus import Bus
 from emu.cpu import x86
-from emu.cpu.cpuid import CpuidEntry, shape_kvm
+from emu.cpu.cpuid import CpuidEntry, kvm_vcpu_cpuid, shape_kvm
 from emu.cpu.state import CpuState, FpuState
 from emu.errors import EmuError
 from emu.memory import GuestMemory
@@ -72,10 +62,7 @@ from emu.platform import EventFds, IrqChip
 log = logging.getLogger("emu.kvm")
 
 KICK_INTERVAL = 0.2  # seconds between kicks while run() is in progress
-KICK_SIGNAL = signal.SIGUSR1
 PAUSE_WARN_AFTER = 5.0  # seconds: an AP that has not parked by then is reported (and kicked again)
-BUS_LOCK_POLL = 0.02  # seconds: how often an AP waiting for bus.lock looks whether it must park
-AP_JOIN_TIMEOUT = 5.0  # seconds close() waits for each AP thread
 
 # Capabilities emu cannot do without, and what each is for (used in the error message).
 REQUIRED_CAPS: dict[int, tuple[str, str]] = {
@@ -90,19 +77,6 @@ REQUIRED_CAPS: dict[int, tuple[str, str]] = {
     api.KVM_CAP_DEBUGREGS: ("KVM_CAP_DEBUGREGS", "debug registers"),
 }
 
-_PIO_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
-_ZERO = ffi.cast("unsigned long", 0)
-# A vCPU in these states waits for INIT or STARTUP, which only another CPU can send.
-_WAIT_FOR_SIPI = (api.KVM_MP_STATE_UNINITIALIZED, api.KVM_MP_STATE_INIT_RECEIVED)
-_IO_EXITS = (api.KVM_EXIT_IO, api.KVM_EXIT_MMIO)
-
-# kvm_run offsets read on every exit (a memoryview on the mapping is cheaper than cffi there).
-_RUN_IO = ffi.offsetof("struct kvm_run", "io")
-_RUN_MMIO = ffi.offsetof("struct kvm_run", "mmio")
-_IO_LAYOUT = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
-_MMIO_LAYOUT = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
-
-
 PVM_NO_DATA_BREAKPOINTS = "this host's KVM (PVM) never reports data breakpoints (measured)"
 
 
@@ -112,438 +86,14 @@ def host_is_pvm() -> bool:
     return os.path.exists("/sys/module/kvm_pvm")
 
 
-class KickMode(Enum):
-    HANDLER = "handler"
-    MASKED = "masked"
-
-
-def _ignore_signal(signum: int, frame: object) -> None:
-    """SIGUSR1 only exists to make KVM_RUN return EINTR: nothing to do here."""
-
-
-def _choose_kick_mode() -> KickMode:
-    current = signal.getsignal(KICK_SIGNAL)
-    if current is _ignore_signal:
-        return KickMode.HANDLER
-    if current in (signal.SIG_DFL, signal.SIG_IGN, None) and threading.current_thread() is threading.main_thread():
-        signal.signal(KICK_SIGNAL, _ignore_signal)
-        return KickMode.HANDLER
-    return KickMode.MASKED
-
-
-def _send_kick(tid: int, mode: KickMode) -> None:
-    """Interrupt thread `tid`'s KVM_RUN (the caller makes sure the thread is alive)."""
-    # Never deliver SIGUSR1 without our handler or the mask: the default action kills.
-    if mode is KickMode.HANDLER and signal.getsignal(KICK_SIGNAL) is not _ignore_signal:
-        return
-    signal.pthread_kill(tid, KICK_SIGNAL)
-
-
-def _mask_kick_signal(fd: int) -> None:
-    """Masked mode: block SIGUSR1 in this thread, and let KVM unblock it inside vCPU `fd`'s KVM_RUN."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {KICK_SIGNAL})
-    bits = 0
-    for sig in old - {KICK_SIGNAL}:
-        bits |= 1 << (int(sig) - 1)
-    size = api.KERNEL_SIGSET_BYTES
-    mask = ffi.new("struct kvm_signal_mask *", {"len": size, "sigset": list(bits.to_bytes(size, "little"))})
-    ioctl(fd, api.KVM_SET_SIGNAL_MASK, mask, name="KVM_SET_SIGNAL_MASK")
-
-
-class _Kicker:
-    """A daemon thread calling kick() every `interval` seconds while active, and idle() once when
-    it has been inactive for `interval` seconds.
-
-    It holds the backend only weakly so that a forgotten backend can still be collected.
-    """
-
-    def __init__(self, kick: Callable[[], None], interval: float, idle: Callable[[], None] | None = None) -> None:
-        self._kick = weakref.WeakMethod(kick)
-        self._idle = weakref.WeakMethod(idle) if idle is not None else None
-        self._interval = interval
-        self._cond = threading.Condition()
-        self._active = False
-        self._closed = False
-        self._deadline = 0.0
-        self._idle_at: float | None = None
-        self._thread = threading.Thread(target=self._main, name="kvm-kicker", daemon=True)
-        self._thread.start()
-
-    def set_active(self, active: bool) -> None:
-        with self._cond:
-            now = time.monotonic()
-            # Keep a running deadline: frequent short run() calls must not postpone the kick.
-            if active and not self._active and self._deadline <= now:
-                self._deadline = now + self._interval
-            if self._idle is not None:
-                self._idle_at = None if active else now + self._interval
-            self._active = active
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _main(self) -> None:
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                if not self._active:
-                    if self._idle_at is None:
-                        self._cond.wait()
-                    elif now < self._idle_at:
-                        self._cond.wait(self._idle_at - now)
-                    else:
-                        self._idle_at = None
-                        idle = self._idle() if self._idle is not None else None
-                        if idle is not None:
-                            idle()
-                        del idle
-                    continue
-                if now < self._deadline:
-                    self._cond.wait(self._deadline - now)
-                    continue
-                self._deadline = now + self._interval
-                kick = self._kick()
-                if kick is None:
-                    return
-                kick()
-                del kick
-
-
-# -- one vCPU -------------------------------------------------------------------------------------
-class _Vcpu:
-    """One vCPU's fd (owned by _Handles) and its mmapped kvm_run page."""
-
-    def __init__(self, index: int, fd: int, mmap_size: int) -> None:
-        self.index = index
-        self.fd = fd
-        self.run_map = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        self.run_view = memoryview(self.run_map)
-        self.run: Any = ffi.from_buffer("struct kvm_run *", self.run_map)
-
-    def release(self) -> None:
-        ffi.release(self.run)
-        self.run_view.release()
-        self.run_map.close()
-
-    def get_regs(self) -> Any:
-        regs = ffi.new("struct kvm_regs *")
-        ioctl(self.fd, api.KVM_GET_REGS, regs, name="KVM_GET_REGS")
-        return regs
-
-    def get_sregs(self) -> Any:
-        sregs = ffi.new("struct kvm_sregs *")
-        ioctl(self.fd, api.KVM_GET_SREGS, sregs, name="KVM_GET_SREGS")
-        return sregs
-
-    def mp_state(self) -> int:
-        mp = ffi.new("struct kvm_mp_state *")
-        ioctl(self.fd, api.KVM_GET_MP_STATE, mp, name="KVM_GET_MP_STATE")
-        return int(mp.mp_state)
-
-    def set_mp_state(self, state: int) -> None:
-        mp = ffi.new("struct kvm_mp_state *", {"mp_state": state})
-        ioctl(self.fd, api.KVM_SET_MP_STATE, mp, name="KVM_SET_MP_STATE")
-
-    def get_lapic(self) -> Any:
-        lapic = ffi.new("struct kvm_lapic_state *")
-        ioctl(self.fd, api.KVM_GET_LAPIC, lapic, name="KVM_GET_LAPIC")
-        return lapic
-
-    def halted_for_good(self) -> bool:
-        """In hlt with IF=0, or waiting for INIT/STARTUP: only another CPU could wake it.
-        (Not while it is inside KVM_RUN: the ioctls would wait for it.)"""
-        mp = self.mp_state()
-        if mp in _WAIT_FOR_SIPI:
-            return True
-        return mp == api.KVM_MP_STATE_HALTED and not self.get_regs().rflags & x86.FLAG_IF
-
-    def finish_io(self) -> None:
-        """Finish the guest instruction behind the last I/O exit without the Bus: reads return
-        all-ones, writes are dropped. KVM completes an exit's instruction only in the next
-        KVM_RUN (here with immediate_exit set, so it returns EINTR once that is done; a string
-        instruction may exit again first). The caller sets immediate_exit again afterwards."""
-        run = self.run
-        while True:
-            if run.exit_reason == api.KVM_EXIT_IO and run.io.direction == api.KVM_EXIT_IO_IN:
-                n = run.io.size * run.io.count
-                off = run.io.data_offset
-                self.run_view[off : off + n] = b"\xff" * n
-            elif run.exit_reason == api.KVM_EXIT_MMIO and not run.mmio.is_write:
-                run.mmio.data = [0xFF] * 8
-            run.immediate_exit = 1
-            if libc.ioctl(self.fd, api.KVM_RUN, _ZERO) < 0 or run.exit_reason not in _IO_EXITS:
-                return
-
-    def exit_for(self, reason: int) -> Exit:
-        """The Exit for a KVM exit reason that is neither I/O nor EINTR."""
-        run = self.run
-        if reason == api.KVM_EXIT_HLT:  # only without an in-kernel APIC
-            for_good = not self.get_regs().rflags & x86.FLAG_IF
-            return Exit(ExitKind.HALT, "hlt", {"for_good": for_good})
-        if reason == api.KVM_EXIT_SHUTDOWN:
-            return Exit(ExitKind.SHUTDOWN, "triple fault")
-        if reason == api.KVM_EXIT_DEBUG:
-            arch = run.debug.arch
-            detail = {"exception": arch.exception, "pc": arch.pc, "dr6": arch.dr6, "dr7": arch.dr7}
-            if arch.exception == x86.Vector.DB and arch.dr6 & (1 << 14):  # DR6.BS
-                what = "single step"
-            elif arch.exception == x86.Vector.BP:
-                what = "breakpoint"
-            else:
-                what = f"debug exception {arch.exception}"
-            return Exit(ExitKind.DEBUG, what, detail)
-        if reason == api.KVM_EXIT_FAIL_ENTRY:
-            code = run.fail_entry.hardware_entry_failure_reason
-            host_cpu = run.fail_entry.cpu
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM could not enter the guest: hardware entry failure reason {code:#x} (host cpu {host_cpu})",
-                {"exit_reason": reason, "hardware_entry_failure_reason": code, "host_cpu": host_cpu},
-            )
-        if reason == api.KVM_EXIT_INTERNAL_ERROR:
-            sub = run.internal.suberror
-            data = [int(run.internal.data[i]) for i in range(min(run.internal.ndata, 16))]
-            what = api.INTERNAL_ERROR_NAMES.get(sub, "unknown")
-            words = " ".join(f"{d:#x}" for d in data)
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM internal error: suberror {sub} ({what}), data [{words}]",
-                {"exit_reason": reason, "suberror": sub, "data": data},
-            )
-        if reason == api.KVM_EXIT_UNKNOWN:
-            hw = run.hw.hardware_exit_reason
-            return Exit(
-                ExitKind.ERROR,
-                f"KVM exit with unknown reason: hardware exit reason {hw:#x}",
-                {"exit_reason": reason, "hardware_exit_reason": hw},
-            )
-        name = api.EXIT_NAMES.get(reason, "?")
-        return Exit(ExitKind.ERROR, f"unexpected KVM exit reason {reason} ({name})", {"exit_reason": reason})
-
-
-def _dispatch_io(view: memoryview, bus: Bus) -> None:
-    direction, size, port, count, off = _IO_LAYOUT.unpack_from(view, _RUN_IO)
-    fmt = _PIO_FORMATS[size]
-    if direction == api.KVM_EXIT_IO_OUT:
-        if count == 1:
-            bus.pio_write(port, size, fmt.unpack_from(view, off)[0])
-        else:  # string I/O: `count` elements of `size` bytes each
-            for (value,) in fmt.iter_unpack(view[off : off + size * count]):
-                bus.pio_write(port, size, value)
-    else:
-        for i in range(count):
-            fmt.pack_into(view, off + i * size, bus.pio_read(port, size))
-
-
-def _dispatch_mmio(view: memoryview, bus: Bus, readonly: list[tuple[int, int]]) -> None:
-    addr, data, length, is_write = _MMIO_LAYOUT.unpack_from(view, _RUN_MMIO)
-    if is_write:
-        if any(start <= addr < end for start, end in readonly):
-            return  # a write to ROM: dropped, as on real hardware
-        if length in (1, 2, 4, 8):
-            bus.mmio_write(addr, length, int.from_bytes(data[:length], "little"))
-        else:  # odd sizes (page-crossing pieces): byte by byte
-            for i in range(length):
-                bus.mmio_write(addr + i, 1, data[i])
-    else:
-        if length in (1, 2, 4, 8):
-            value = bus.mmio_read(addr, length).to_bytes(length, "little")
-        else:
-            value = bytes(bus.mmio_read(addr + i, 1) for i in range(length))
-        start = _RUN_MMIO + 8
-        view[start : start + length] = value
-
-
-# -- the application processors' threads ----------------------------------------------------------
-class _Aps:
-    """The AP threads and what they share with the BSP's side. Every field is guarded by `cond`
-    (the backend's lock). Holds the backend only weakly, so the AP threads never keep it alive."""
-
-    def __init__(
-        self, vcpus: list[_Vcpu], bus: Bus, readonly: list[tuple[int, int]], cond: threading.Condition,
-        kick_mode: KickMode, local: threading.local, wake_bsp: Callable[[], None],
-    ) -> None:  # fmt: skip
-        self.bus = bus
-        self.readonly = readonly
-        self.cond = cond
-        self.kick_mode = kick_mode
-        self.local = local  # the backend's thread-local: .cpu is the vCPU a thread runs
-        self._wake_bsp = weakref.WeakMethod(wake_bsp)
-        self.pause = True  # the APs must not run guest code (run() clears it)
-        self.final = False  # after a final stop: stay paused until reset_platform()
-        self.closing = False
-        self.started = False
-        self.exits: list[Exit | BaseException] = []  # for the BSP's run() to return (or raise), oldest first
-        self.threads = [_ApThread(self, v) for v in vcpus]
-
-    def start(self) -> None:
-        self.started = True
-        for t in self.threads:
-            t.thread.start()
-
-    def all_parked(self) -> bool:
-        return all(t.parked for t in self.threads)
-
-    def request_pause(self) -> None:
-        """Make every AP park soon (lock held; never blocks)."""
-        self.pause = True
-        me = threading.get_ident()
-        for t in self.threads:
-            if not t.parked:
-                t.vcpu.run.immediate_exit = 1  # covers a kick landing outside KVM_RUN
-                if t.tid is not None and t.tid != me:
-                    _send_kick(t.tid, self.kick_mode)
-
-    def kick(self) -> None:
-        """Make the running APs leave KVM_RUN once, to report whether they are halted (lock held)."""
-        for t in self.threads:
-            if not t.parked and t.tid is not None:
-                _send_kick(t.tid, self.kick_mode)
-
-    def post(self, item: Exit | BaseException) -> None:
-        """From an AP thread: an exit (or an exception) the machine must see. Every AP stops and
-        the BSP's run() returns it."""
-        with self.cond:
-            if self.closing:
-                return
-            self.exits.append(item)
-            self.request_pause()
-            wake = self._wake_bsp()
-            if wake is not None:
-                wake()
-
-    def shutdown(self) -> bool:
-        """Stop and join the AP threads; False when one did not stop (its vCPU must stay mapped)."""
-        with self.cond:
-            self.closing = True
-            self.request_pause()  # the running ones leave KVM_RUN
-            self.cond.notify_all()  # the parked ones wake
-        ok = True
-        for t in self.threads:
-            if t.thread is threading.current_thread() or not self.started:
-                continue
-            t.thread.join(AP_JOIN_TIMEOUT)
-            if t.thread.is_alive():
-                log.error("%s did not stop: its vCPU stays open", t.thread.name)
-                ok = False
-        return ok
-
-
-class _ApThread:
-    """The host thread of one AP: KVM_RUN in a loop, I/O exits to the Bus, parked while paused."""
-
-    def __init__(self, aps: _Aps, vcpu: _Vcpu) -> None:
-        self.aps = aps
-        self.vcpu = vcpu
-        self.tid: int | None = None  # for pthread_kill, while the thread runs
-        self.parked = True  # out of guest code, and looks at `pause` before it enters it again
-        self.held = False  # parked before its last I/O exit reached the Bus (the lock was busy)
-        self.halted: bool | None = None  # halted for good when last kicked (None: not since it resumed)
-        self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
-
-    def _main(self) -> None:
-        aps = self.aps
-        aps.local.cpu = self.vcpu.index
-        with aps.cond:
-            self.tid = threading.get_ident()
-        try:
-            if aps.kick_mode is KickMode.MASKED:
-                _mask_kick_signal(self.vcpu.fd)
-            self._loop()
-        except BaseException as e:  # a failure here must reach the machine, not vanish with the thread
-            aps.post(e)
-        finally:
-            with aps.cond:
-                self.tid = None
-                self.parked = True
-                aps.cond.notify_all()
-
-    def _park(self) -> None:
-        """Wait while the APs are paused (lock held)."""
-        aps = self.aps
-        self.parked = True
-        aps.cond.notify_all()
-        while aps.pause and not aps.closing:
-            aps.cond.wait()
-        self.halted = None  # whoever paused us may have changed our state
-
-    def _lock_bus(self) -> bool:
-        """Take bus.lock; False when a pause came while it was busy (maybe held by the pauser)."""
-        lock = self.aps.bus.lock
-        while not lock.acquire(timeout=BUS_LOCK_POLL):
-            if self.aps.pause:
-                return False
-        return True
-
-    def _loop(self) -> None:
-        aps, v = self.aps, self.vcpu
-        run, fd, view, bus = v.run, v.fd, v.run_view, aps.bus
-        masked = aps.kick_mode is KickMode.MASKED
-        kvm_run = libc.ioctl
-        pending = False  # KVM finishes the instruction behind the last I/O exit in the next KVM_RUN
-        while True:
-            with aps.cond:
-                if aps.closing:
-                    return
-                if aps.pause:
-                    if not pending:
-                        self._park()
-                        continue  # look again: closing, paused anew, or our held exit dropped
-                    run.immediate_exit = 1  # finish that instruction first: a parked vCPU's state is whole
-                self.parked = False
-            if not self.held:
-                ret = kvm_run(fd, api.KVM_RUN, _ZERO)
-                pending = False
-                if ret < 0:
-                    err = ffi.errno
-                    if err == errno.EINTR:
-                        if masked:
-                            signal.sigtimedwait((KICK_SIGNAL,), 0)  # consume the pending kick
-                        with aps.cond:
-                            run.immediate_exit = 0
-                        self.halted = v.halted_for_good()  # the BSP's halt check reads it
-                    elif err != errno.EAGAIN:  # EAGAIN: woken by INIT, now waiting for SIPI
-                        msg = f"KVM_RUN failed on vCPU {v.index}: {os.strerror(err)}"
-                        aps.post(Exit(ExitKind.ERROR, msg, {"errno": err, "cpu": v.index}))
-                    continue
-                reason = run.exit_reason
-                if reason != api.KVM_EXIT_IO and reason != api.KVM_EXIT_MMIO:
-                    ex = v.exit_for(reason)
-                    ex.detail["cpu"] = v.index
-                    aps.post(ex)
-                    continue
-                self.halted = False
-            if not self._lock_bus():
-                self.held = True
-                continue
-            try:
-                if run.exit_reason == api.KVM_EXIT_IO:
-                    _dispatch_io(view, bus)
-                else:
-                    _dispatch_mmio(view, bus, aps.readonly)
-                pending = True
-            except BaseException as e:
-                v.finish_io()  # the machine may look at this vCPU: its instruction must be done
-                e.add_note(f"(in a Bus callback for CPU {v.index})")
-                aps.post(e)
-            finally:
-                bus.lock.release()
-            self.held = False
-
-
 class _Handles:
     """Host resources of one backend, released exactly once (by close() or at collection)."""
 
     def __init__(self) -> None:
         self.fds: list[int] = []
-        self.vcpus: list[_Vcpu] = []
-        self.aps: _Aps | None = None
-        self.kicker: _Kicker | None = None
+        self.vcpus: list[KvmVcpu] = []
+        self.aps: Aps | None = None
+        self.kicker: Kicker | None = None
 
     def release(self) -> None:
         stopped = self.aps is None or self.aps.shutdown()
@@ -573,36 +123,6 @@ BOOT_MSRS = {
 }
 
 
-def cpuid_for_vcpu(entries: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
-    """The CPUID of the vCPU with `apic_id`. KVM_GET_SUPPORTED_CPUID knows no vCPU and reports the
-    host's topology, so the topology leaves are written here: each vCPU is a package of its own,
-    one core with one thread, as with QEMU's -smp N (and emu's Unicorn model). Leaf 1: the initial
-    APIC ID in EBX[31:24], HTT clear, so EBX[23:16] stays 0. Leaf 4: no core or thread shares a
-    cache (EAX[31:14] = 0). Leaves 0xB and 0x1F, where KVM has them: an SMT and a core level of
-    one logical processor each, EDX the x2APIC ID. AMD's 0x80000008 ECX: one core (NC and
-    ApicIdSize 0); 0x8000001E EAX: the extended APIC ID."""
-    out = []
-    levels = []  # the topology leaves (0xB, 0x1F) KVM has
-    for e in entries:
-        e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-        if e.function in (0xB, 0x1F):
-            if e.function not in levels:
-                levels.append(e.function)
-                for index, level_type, count in ((0, 1, 1), (1, 2, 1), (2, 0, 0)):  # SMT, core, end
-                    out.append(CpuidEntry(e.function, index, e.flags, 0, count, level_type << 8 | index, apic_id))
-            continue
-        if e.function == 1:
-            e.ebx = (e.ebx & 0x00FF_FFFF) | apic_id << 24
-        elif e.function == 4:
-            e.eax &= 0x3FFF
-        elif e.function == 0x8000_0008:
-            e.ecx &= ~0xF0FF
-        elif e.function == 0x8000_001E:
-            e.eax = apic_id
-        out.append(e)
-    return out
-
-
 class KvmBackend(Backend):
     name = "kvm"
     use_eventfds = True  # False: virtio stays on the synchronous exit path (benchmarks compare)
@@ -625,8 +145,8 @@ class KvmBackend(Backend):
         self._readonly: list[tuple[int, int]] = []  # ROM ranges: guest writes there are dropped
         self._bad_msrs: set[int] = set()
         self._guest_debug_flags = 0
-        self._vcpus: list[_Vcpu] = []
-        self._aps: _Aps | None = None
+        self._vcpus: list[KvmVcpu] = []
+        self._aps: Aps | None = None
         self._taking_ap_exits = False  # run() (not step()) is in progress: AP exits end it
         try:
             self._setup()
@@ -635,9 +155,9 @@ class KvmBackend(Backend):
             raise
         self._bsp = self._vcpus[0]
         self._active = self._bsp  # the vCPU run() or step() runs: request_stop() ends its KVM_RUN
-        self._kick_mode = _choose_kick_mode()
+        self._kick_mode = choose_kick_mode()
         if cpus > 1:
-            self._aps = self._h.aps = _Aps(
+            self._aps = self._h.aps = Aps(
                 self._vcpus[1:], bus, self._readonly, self._cond, self._kick_mode, self._thread_local,
                 self._wake_for_ap,
             )  # fmt: skip
@@ -777,7 +297,7 @@ class KvmBackend(Backend):
         for i in range(self.cpus):
             fd = ioctl(vm, api.KVM_CREATE_VCPU, i, name=f"KVM_CREATE_VCPU ({i})")
             self._h.fds.append(fd)
-            self._h.vcpus.append(_Vcpu(i, fd, size))
+            self._h.vcpus.append(KvmVcpu(i, fd, size))
         self._vcpus = self._h.vcpus
 
     def _setup_cpuid(self) -> None:
@@ -796,7 +316,7 @@ class KvmBackend(Backend):
         supported = [CpuidEntry(*(int(getattr(cpuid.entries[i], f)) for f in fields)) for i in range(cpuid.nent)]
         shaped = shape_kvm(supported)
         for v in self._vcpus:
-            entries = cpuid_for_vcpu(shaped, v.index)
+            entries = kvm_vcpu_cpuid(shaped, v.index)
             cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(entries), "entries": len(entries)})
             for i, entry in enumerate(entries):
                 for f in fields:
@@ -866,7 +386,7 @@ class KvmBackend(Backend):
         if self._closed:
             raise RuntimeError("the KVM backend is closed")
 
-    def _vcpu(self, cpu: int) -> _Vcpu:
+    def _vcpu(self, cpu: int) -> KvmVcpu:
         """vCPU `cpu`, out of KVM_RUN (the APs paused) so that its ioctls can run."""
         self._check_open()
         if not 0 <= cpu < self.cpus:
@@ -878,7 +398,7 @@ class KvmBackend(Backend):
     def _prepare_thread(self) -> None:
         # (Per thread object, not per ident: a later thread may reuse the ident of an exited one.)
         if self._kick_mode is KickMode.MASKED and not getattr(self._thread_local, "masked", False):
-            _mask_kick_signal(self._bsp.fd)
+            mask_kick_signal(self._bsp.fd)
             self._thread_local.masked = True
 
     def run(self) -> Exit:
@@ -886,7 +406,7 @@ class KvmBackend(Backend):
             return self._run_vcpu(self._bsp)
         return self._run_all(self._aps)
 
-    def _run_all(self, aps: _Aps) -> Exit:
+    def _run_all(self, aps: Aps) -> Exit:
         """run() with APs: their threads run on while this one runs the BSP."""
         self._check_open()
         with self._lock:
@@ -910,12 +430,12 @@ class KvmBackend(Backend):
             self._pause_aps()  # a fault or breakpoint stops every vCPU
         return ex
 
-    def _run_vcpu(self, v: _Vcpu, resume_aps: bool = False) -> Exit:
+    def _run_vcpu(self, v: KvmVcpu, resume_aps: bool = False) -> Exit:
         """Run vCPU `v` in this thread until an exit the machine must see."""
         self._check_open()
         self._prepare_thread()
         if self._h.kicker is None:
-            self._h.kicker = _Kicker(self._kick, KICK_INTERVAL, self._idle if self._aps is not None else None)
+            self._h.kicker = Kicker(self._kick, KICK_INTERVAL, self._idle if self._aps is not None else None)
         kicker = self._h.kicker
         with self._lock:
             self._vcpu_tid = threading.get_ident()
@@ -937,12 +457,12 @@ class KvmBackend(Backend):
                     if self._stop_requested:
                         self._bsp.run.immediate_exit = 1
 
-    def _run_loop(self, v: _Vcpu) -> Exit:
+    def _run_loop(self, v: KvmVcpu) -> Exit:
         run, fd, view, bus, readonly = v.run, v.fd, v.run_view, self.bus, self._readonly
         lock = bus.lock if self._aps is not None else None  # other vCPU threads: devices under the big lock
         kvm_run = libc.ioctl
         while True:
-            if kvm_run(fd, api.KVM_RUN, _ZERO) < 0:
+            if kvm_run(fd, api.KVM_RUN, ZERO) < 0:
                 err = ffi.errno
                 if err == errno.EAGAIN:
                     continue
@@ -954,17 +474,17 @@ class KvmBackend(Backend):
             try:
                 if reason == api.KVM_EXIT_IO:
                     if lock is None:
-                        _dispatch_io(view, bus)
+                        dispatch_io(view, bus)
                     else:
                         with lock:
-                            _dispatch_io(view, bus)
+                            dispatch_io(view, bus)
                     continue
                 if reason == api.KVM_EXIT_MMIO:
                     if lock is None:
-                        _dispatch_mmio(view, bus, readonly)
+                        dispatch_mmio(view, bus, readonly)
                     else:
                         with lock:
-                            _dispatch_mmio(view, bus, readonly)
+                            dispatch_mmio(view, bus, readonly)
                     continue
             except BaseException:
                 self._finish_io(v)
@@ -976,7 +496,7 @@ class KvmBackend(Backend):
                 continue
             return v.exit_for(reason)
 
-    def _finish_io(self, v: _Vcpu) -> None:
+    def _finish_io(self, v: KvmVcpu) -> None:
         """Finish the guest instruction behind an I/O exit whose Bus callback raised: without
         this the machine, which may look at the CPU state after the exception, would see it
         half done."""
@@ -986,7 +506,7 @@ class KvmBackend(Backend):
         with self._lock:
             v.run.immediate_exit = 1 if self._stop_requested else 0
 
-    def _on_interrupted(self, v: _Vcpu) -> Exit | None:
+    def _on_interrupted(self, v: KvmVcpu) -> Exit | None:
         """KVM_RUN returned EINTR: a stop request, an AP's exit, a kick, or some other signal."""
         if self._kick_mode is KickMode.MASKED:
             signal.sigtimedwait((KICK_SIGNAL,), 0)  # consume the pending kick
@@ -1051,7 +571,7 @@ class KvmBackend(Backend):
     def _signal_vcpu(self) -> None:
         """Interrupt the thread inside run() or step(), if any (called with the lock held)."""
         if self._vcpu_tid is not None:
-            _send_kick(self._vcpu_tid, self._kick_mode)
+            send_kick(self._vcpu_tid, self._kick_mode)
 
     def _pause_aps(self) -> None:
         """Park every AP thread, so that the APs' vCPU ioctls can run (no-op with one vCPU).
@@ -1078,7 +598,7 @@ class KvmBackend(Backend):
             aps.pause = False
             self._cond.notify_all()
 
-    def _drop_held_io(self, t: _ApThread, warn: bool = True) -> None:
+    def _drop_held_io(self, t: ApThread, warn: bool = True) -> None:
         """A paused AP whose I/O exit never reached the Bus gets a new state: finish its
         instruction without the Bus first, or KVM would complete it on top of the new state."""
         if t.held:
@@ -1090,7 +610,7 @@ class KvmBackend(Backend):
             t.held = False
 
     # -- halt -----------------------------------------------------------------------------------
-    def _others_halted_for_good(self, running: _Vcpu) -> bool:
+    def _others_halted_for_good(self, running: KvmVcpu) -> bool:
         """Every vCPU but `running`, which the caller checked (it runs in this thread), is
         halted for good (called during run() or step())."""
         if running is not self._bsp and not self._bsp.halted_for_good():
@@ -1122,7 +642,7 @@ class KvmBackend(Backend):
         mp = self._vcpu(cpu).mp_state()
         if mp == api.KVM_MP_STATE_HALTED:
             return "halted"
-        if mp in _WAIT_FOR_SIPI:
+        if mp in WAIT_FOR_SIPI:
             return "wait-for-sipi"
         return "running"
 
@@ -1133,7 +653,7 @@ class KvmBackend(Backend):
         self._check_open()
         self._set_guest_debug(self._bsp, control, debugreg)
 
-    def _set_guest_debug(self, v: _Vcpu, control: int, debugreg: list[int] | None = None) -> None:
+    def _set_guest_debug(self, v: KvmVcpu, control: int, debugreg: list[int] | None = None) -> None:
         dbg = ffi.new("struct kvm_guest_debug *")
         dbg.control = control | api.KVM_GUESTDBG_ENABLE | self._guest_debug_flags if control else 0
         for i, value in enumerate(debugreg or []):
@@ -1155,24 +675,24 @@ class KvmBackend(Backend):
             ex.detail.setdefault("cpu", cpu)
         return ex
 
-    def _step_ap(self, v: _Vcpu) -> Exit:
+    def _step_ap(self, v: KvmVcpu) -> Exit:
         """One instruction of a paused AP, run from this thread (KVM allows any thread of the
         process; its own thread stays parked)."""
         assert self._aps is not None
         t = self._aps.threads[v.index - 1]
-        if not t.held and v.mp_state() in _WAIT_FOR_SIPI:
+        if not t.held and v.mp_state() in WAIT_FOR_SIPI:
             return Exit(ExitKind.HALT, f"CPU {v.index} waits for INIT-SIPI-SIPI", {"for_good": False})
         if self._kick_mode is KickMode.MASKED:
-            _mask_kick_signal(v.fd)  # its KVM_RUN now runs in this thread, with this thread's mask
+            mask_kick_signal(v.fd)  # its KVM_RUN now runs in this thread, with this thread's mask
         self._thread_local.cpu = v.index
         self._set_guest_debug(v, api.KVM_GUESTDBG_SINGLESTEP)
         try:
             if t.held:  # the instruction behind the held exit is the one to step: finish it
                 with self.bus.lock:
                     if v.run.exit_reason == api.KVM_EXIT_IO:
-                        _dispatch_io(v.run_view, self.bus)
+                        dispatch_io(v.run_view, self.bus)
                     else:
-                        _dispatch_mmio(v.run_view, self.bus, self._readonly)
+                        dispatch_mmio(v.run_view, self.bus, self._readonly)
                 t.held = False
             return self._run_vcpu(v)
         finally:
@@ -1203,7 +723,7 @@ class KvmBackend(Backend):
         if cpu == 0 or v.mp_state() == api.KVM_MP_STATE_HALTED:
             v.set_mp_state(api.KVM_MP_STATE_RUNNABLE)
 
-    def _put_state(self, v: _Vcpu, state: CpuState) -> None:
+    def _put_state(self, v: KvmVcpu, state: CpuState) -> None:
         fd = v.fd
         sregs = v.get_sregs()  # for apic_base, which CpuState does not carry
         conv.state_to_sregs(state, sregs)
