@@ -74,13 +74,7 @@ ap_main:
     mov al, 0x21                    ; debug-exit: status (0x21 << 1) | 1
     out 0xf4, al
     HALT
-    LIB_ROUTINES
-    APIC_ROUTINES
-    SMP_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
-    AP_TRAMPOLINE
+    SMP_GUEST_END
 """
 
 

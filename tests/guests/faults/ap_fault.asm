@@ -34,10 +34,4 @@ empty_idt:
     dw 0
     dq 0
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-    SMP_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
-    AP_TRAMPOLINE
+    SMP_GUEST_END

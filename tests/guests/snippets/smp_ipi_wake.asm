@@ -112,10 +112,4 @@ nmi_handler:                            ; no EOI: an NMI is not in service at th
 spurious_handler:                       ; no EOI for the spurious vector
     iretq
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-    SMP_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
-    AP_TRAMPOLINE
+    SMP_GUEST_END

@@ -72,10 +72,4 @@ hammer:
     lock inc dword [DONE]
     ret
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-    SMP_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
-    AP_TRAMPOLINE
+    SMP_GUEST_END

@@ -105,10 +105,4 @@ ap_main:
     lock inc dword [COUNT]              ; last: the BSP reads the table once the count is there
     HALT
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-    SMP_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
-    AP_TRAMPOLINE
+    SMP_GUEST_END
