@@ -217,16 +217,19 @@ def test_info_apic_shows_the_power_on_platform(image: Path, backend: BackendName
     assert "IOAPIC 2 (version 0x11):" in p.stdout
 
 
-def test_several_cpus_each_shown_and_chosen(tmp_path: Path) -> None:
-    """--smp 4 under Unicorn: a breakpoint on the APs' STARTUP trampoline stops the machine on the
-    first AP to arrive, which commands then show; at the end `info cpus` has all four halted and
-    `cpu N` chooses whose registers print."""
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_several_cpus_each_shown_and_chosen(backend: BackendName, tmp_path: Path) -> None:
+    """--smp 4: a breakpoint on the APs' STARTUP trampoline stops the machine on the first AP to
+    arrive, which commands then show; continuing steps that AP off the breakpoint; at the end
+    `info cpus` has all four halted and `cpu N` chooses whose registers print."""
+    require(backend)
     data = assemble_file(Path(__file__).parent / "guests" / "snippets" / "smp_startup.asm")
     image = tmp_path / "smp_startup.bin"
     image.write_bytes(data)
     trampoline = 0x8000 + (len(data) - 1) // 4096 * 4096  # the last page: where STARTUP sends the APs
-    script = f"pb {trampoline:#x}\nc\ninfo cpus\ndelete\nc\ninfo cpus\ncpu 3\np $rip\ncpu 9\n"
-    p = emu_debug("--image", str(image), "--load-addr", "0x8000", "--smp", "4", script=script)
+    script = f"b {trampoline:#x}\nc\ninfo cpus\ndelete\nc\ninfo cpus\ncpu 3\np $rip\ncpu 9\n"
+    p = emu_debug("--backend", backend.value, "--image", str(image), "--load-addr", "0x8000", "--smp", "4",
+                  script=script)  # fmt: skip
     out = p.stdout
     stop = re.search(r"stopped \(breakpoint\) on vCPU (\d): breakpoint 1", out)
     assert stop and stop.group(1) in "123", out

@@ -52,6 +52,7 @@ class RunPlan:
     until: int | None = None  # linear address to stop at before executing it
     until_sp: int | None = None  # nexti: only stop at `until` when RSP is at least this again
     use_breakpoints: bool = True  # stepi ignores breakpoints between its steps
+    cpu: int = 0  # the vCPU the user sees: stepping is its (breakpoints are every vCPU's)
 
 
 @dataclass

@@ -59,6 +59,7 @@ class KvmEngine:
         self._slots: list[tuple[str, int, Any]] = []  # ("bp"|"watch"|"until", address, object)
         self._stepping = False
         self._step_over = False
+        self._cpu = 0
         self._sig: dict[str, Any] = {}
         self._hit: Hit | None = None
         self._debug_on = False
@@ -125,7 +126,10 @@ class KvmEngine:
         self._eval = evaluate
         self.executed = 0
         self._hit = None
-        state = self.backend.get_state()
+        # The vCPU the user sees (the one that stopped, or `cpu N`): stepping and stepping off a
+        # breakpoint are its; breakpoints fire on every vCPU.
+        self._cpu = plan.cpu
+        state = self.backend.get_state(self._cpu)
         self._sig = _sig(state)
         self._slots = self.hw_slots(state.paging, plan)
         self._stepping = self._needs_steps(plan)
@@ -134,6 +138,9 @@ class KvmEngine:
         self._step_over = any(addr == pc for kind, addr, _ in self._slots if kind in ("bp", "until"))
 
     def run_once(self) -> Exit:
+        if self._cpu != 0 and (self._step_over or self._stepping):
+            self._arm(step=False, bps=True)
+            return self.backend.step(self._cpu)  # an AP's instruction, the others standing still
         if self._step_over:
             self._arm(step=True, bps=False)
         else:
@@ -147,7 +154,7 @@ class KvmEngine:
             return None
         dr6 = int(exit_.detail.get("dr6", 0))
         was_step_over, self._step_over = self._step_over, False
-        state = self.backend.get_state()
+        state = self.backend.get_state(int(exit_.detail.get("cpu", 0)))
         if dr6 & _DR6_BS or was_step_over:
             self.executed += 1
             hit = self._after_step(state)

@@ -15,6 +15,7 @@ engine's run and stop checks in it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import TypeVar
@@ -447,6 +448,7 @@ class DebugSession:
             raise EmuError(f"the machine has ended ({self.finished.message}); nothing can run")
         self._driver.stop.clear()
         self._condition_error = None
+        plan = dataclasses.replace(plan, cpu=self.cpu)
         self._state = None
         self._cpu = None  # after the run: the vCPU that stopped
         try:

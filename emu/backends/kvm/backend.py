@@ -145,6 +145,8 @@ class KvmBackend(Backend):
         self._readonly: list[tuple[int, int]] = []  # ROM ranges: guest writes there are dropped
         self._bad_msrs: set[int] = set()
         self._guest_debug_flags = 0
+        self._last_cpu = 0  # the vCPU of the last exit run() or step() returned
+        self._ap_debug: tuple[int, tuple[int, ...]] = (0, ())  # guest-debug control and DRs on the APs
         self._vcpus: list[KvmVcpu] = []
         self._aps: Aps | None = None
         self._taking_ap_exits = False  # run() (not step()) is in progress: AP exits end it
@@ -181,7 +183,9 @@ class KvmBackend(Backend):
         return self
 
     def current_cpu(self) -> int:
-        return int(getattr(self._thread_local, "cpu", 0))
+        """In a vCPU's thread, that vCPU; elsewhere the vCPU whose exit run() or step() returned
+        last (the debugger shows the vCPU that stopped)."""
+        return int(getattr(self._thread_local, "cpu", self._last_cpu))
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -404,7 +408,9 @@ class KvmBackend(Backend):
     def run(self) -> Exit:
         if self._aps is None:
             return self._run_vcpu(self._bsp)
-        return self._run_all(self._aps)
+        ex = self._run_all(self._aps)
+        self._last_cpu = int(ex.detail.get("cpu", 0))
+        return ex
 
     def _run_all(self, aps: Aps) -> Exit:
         """run() with APs: their threads run on while this one runs the BSP."""
@@ -648,10 +654,21 @@ class KvmBackend(Backend):
 
     # -- interrupts and single-step -------------------------------------------------------------
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
-        """KVM_SET_GUEST_DEBUG on the BSP: `control` is KVM_GUESTDBG_* bits (ENABLE added when any
-        is set), `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py)."""
+        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* bits (ENABLE added when any is set),
+        `debugreg` DR0-DR7 for hardware breakpoints (the debugger, emu/debugger/kvm_engine.py).
+        Single-stepping is the BSP's (step(cpu) steps an AP); breakpoints are every vCPU's, set
+        on the APs (which means pausing them) only when they change."""
         self._check_open()
         self._set_guest_debug(self._bsp, control, debugreg)
+        if self._aps is None:
+            return
+        ap_control = control & ~api.KVM_GUESTDBG_SINGLESTEP
+        wanted = (ap_control, tuple(debugreg or ()) if ap_control else ())
+        if wanted != self._ap_debug:
+            self._pause_aps()
+            for t in self._aps.threads:
+                self._set_guest_debug(t.vcpu, wanted[0], list(wanted[1]) or None)
+            self._ap_debug = wanted
 
     def _set_guest_debug(self, v: KvmVcpu, control: int, debugreg: list[int] | None = None) -> None:
         dbg = ffi.new("struct kvm_guest_debug *")
@@ -664,15 +681,16 @@ class KvmBackend(Backend):
         v = self._vcpu(cpu)
         self._pause_aps()  # the others stand still
         if cpu == 0:
-            self.set_guest_debug(api.KVM_GUESTDBG_SINGLESTEP)
+            self._set_guest_debug(v, api.KVM_GUESTDBG_SINGLESTEP)
             try:
                 ex = self._run_vcpu(v)
             finally:
-                self.set_guest_debug(0)
+                self._set_guest_debug(v, 0)
         else:
             ex = self._step_ap(v)
         if self._aps is not None:
             ex.detail.setdefault("cpu", cpu)
+            self._last_cpu = cpu
         return ex
 
     def _step_ap(self, v: KvmVcpu) -> Exit:
@@ -696,8 +714,9 @@ class KvmBackend(Backend):
                 t.held = False
             return self._run_vcpu(v)
         finally:
-            self._set_guest_debug(v, 0)
-            self._thread_local.cpu = 0
+            control, debugreg = self._ap_debug  # its breakpoints, as set_guest_debug left them
+            self._set_guest_debug(v, control, list(debugreg) or None)
+            del self._thread_local.cpu
 
     # -- state ----------------------------------------------------------------------------------
     def get_state(self, cpu: int = 0) -> CpuState:
