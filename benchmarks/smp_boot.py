@@ -7,7 +7,8 @@ The Debian cloud kernel and busybox initramfs of linux_boot.py, booted through P
 host wall-clock seconds to the /init marker, to the end of /init and to process exit, the
 guest-timed `sleep 1`, the exit status and the CPUs Linux brought up. emu runs every vCPU on
 one host thread; QEMU's TCG runs one thread per vCPU (MTTCG), so on this two-core host it may
-use both cores. The host cost of one local APIC timer interrupt is in bench_core.py.
+use both cores. Last, the host cost of one local APIC timer interrupt under Unicorn (bench_core.py's
+guest: a periodic timer at its shortest period, each interrupt waking `hlt`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_core import LAPIC_GUEST, run_emu
 from benchmarks.linux_qemu import QEMU, available, best, default_cmdline, host_line, time_boot
+from emu.config import BackendName
 from emu.tools.guests import MARKER_DONE, MARKER_START, LinuxGuest, ensure_linux_guest
 
 MEM_MIB = 256
@@ -48,6 +51,7 @@ def qemu_command(guest: LinuxGuest, cmdline: str, cpus: int) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--runs", type=int, default=1, help="runs per row; the best is printed (default 1)")
+    p.add_argument("--ticks", type=int, default=20_000, help="local APIC timer interrupts to time (default 20000)")
     args = p.parse_args()
     guest = available(ensure_linux_guest)
     if guest is None:
@@ -77,6 +81,10 @@ def main() -> int:
         e, q = results.get(f"emu unicorn --smp {n}", math.nan), results.get(f"qemu tcg -smp {n}", math.nan)
         if not math.isnan(e) and not math.isnan(q):
             print(f"{n} CPU(s): emu reaches /init in {e:.2f} s, QEMU in {q:.2f} s: {e / q:.2f}x QEMU's time")
+    tmp = Path(__file__).resolve().parents[1] / ".cache" / "bench"
+    tmp.mkdir(parents=True, exist_ok=True)
+    t = min(run_emu("", BackendName.UNICORN, tmp, source=LAPIC_GUEST.format(n=args.ticks)) for _ in range(args.runs))
+    print(f"local APIC timer interrupt under Unicorn: {1e6 * t / args.ticks:.0f} us of host time each ({args.ticks})")
     return 0
 
 
