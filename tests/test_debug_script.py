@@ -227,7 +227,7 @@ def test_several_cpus_each_shown_and_chosen(backend: BackendName, tmp_path: Path
     image = tmp_path / "smp_startup.bin"
     image.write_bytes(data)
     trampoline = 0x8000 + (len(data) - 1) // 4096 * 4096  # the last page: where STARTUP sends the APs
-    script = f"b {trampoline:#x}\nc\ninfo cpus\ndelete\nc\ninfo cpus\ncpu 3\np $rip\ncpu 9\n"
+    script = f"b {trampoline:#x}\nc\ninfo cpus\ndelete\nc\ninfo cpus\ncpu 3\np $rip\ninfo apic\ncpu 9\n"
     p = emu_debug("--backend", backend.value, "--image", str(image), "--load-addr", "0x8000", "--smp", "4",
                   script=script)  # fmt: skip
     out = p.stdout
@@ -240,3 +240,5 @@ def test_several_cpus_each_shown_and_chosen(backend: BackendName, tmp_path: Path
     assert halted[-4:] == ["0", "1", "2", "3"], out
     assert "vCPU 3 (halted): => " in out
     assert "no vCPU 9: the machine has 4 (0 to 3)" in p.stderr
+    if backend is BackendName.UNICORN:  # emu's own APICs: the chosen vCPU's (KVM's are not decoded)
+        assert "local APIC 3 (xapic, software-disabled, base 0xfee00000): TPR" in out, out

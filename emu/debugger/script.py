@@ -301,7 +301,7 @@ class ScriptRunner:
         elif what == "pic":
             self.write(render.pic_text(views.pic_view(s)))
         elif what in ("apic", "lapic", "ioapic"):
-            self.write(render.apic_text(views.pic_view(s)))
+            self.write(render.apic_text(views.apic_view(s)))
         elif what in ("e820", "boot"):
             self.write(render.boot_text(views.boot_view(s)))
         elif what == "serial":

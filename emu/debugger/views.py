@@ -360,6 +360,15 @@ def pic_view(session: DebugSession) -> dict[str, Any]:
     return session.machine.irqchip.describe()
 
 
+def apic_view(session: DebugSession) -> dict[str, Any]:
+    """The interrupt controllers with the selected vCPU's local APIC as "lapic" (--smp)."""
+    view = dict(session.machine.irqchip.describe())
+    lapics = view.get("lapics")
+    if lapics:
+        view["lapic"] = lapics[session.cpu]
+    return view
+
+
 @dataclass
 class Mapping:
     linear: int
