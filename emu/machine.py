@@ -244,6 +244,10 @@ class Machine:
         self._hpet_legacy = enabled
         if enabled and self.backend.capabilities.in_kernel_pit:
             log.debug("HPET legacy replacement: KVM's in-kernel PIT is not cut off from IRQ 0")
+        elif enabled:
+            # The PIT and the RTC are cut off: a line they left high would hide the HPET's edges.
+            self.set_irq(layout.IRQ_PIT, False)
+            self.set_irq(layout.IRQ_RTC, False)
 
     def _add_devices(self) -> None:
         self._hpet_legacy = False

@@ -3,12 +3,16 @@ virtual time: counter ticks every 100 ns, so tick k is clock time 100 * k ns."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from emu import layout
 from emu.bus import Bus
+from emu.config import MachineConfig
 from emu.devices import hpet
 from emu.devices.hpet import Hpet, tick_index, tick_time
+from emu.machine import Machine
 from emu.platform import IrqLine
 from emu.timers import ManualClock, TimerQueue
 
@@ -314,3 +318,16 @@ def test_describe() -> None:
         "type": "periodic", "trigger": "edge", "int_enabled": True, "mode32": False, "route": 20, "gsi": 20,
         "comparator": 500, "period": 500, "next_deadline_ns": 50_000, "fired": 0, "missed": 0,
     }  # fmt: skip
+
+
+def test_legacy_replacement_drops_the_lines_the_pit_and_rtc_left_high(tmp_path: Path) -> None:
+    """A PIT or RTC line left high when legacy replacement cuts them off would hide the edges
+    of the HPET's own timers on IRQ 0 and 8 (emu's controllers, Unicorn)."""
+    image = tmp_path / "hlt.img"
+    image.write_bytes(b"\xf4")
+    with Machine(MachineConfig(image=image, mem=8 << 20)) as m:
+        m.set_irq(layout.IRQ_PIT, True)
+        m.set_irq(layout.IRQ_RTC, True)
+        m.bus.mmio_write(BASE + CONF, 8, ENABLE | LEGACY)
+        lines = {e["pin"]: e["line"] for e in m.irqchip.describe()["ioapic"]["entries"]}
+        assert not lines[layout.IRQ_PIT] and not lines[layout.IRQ_RTC]
