@@ -169,8 +169,16 @@ def test_no_interrupt_flag_without_event_index(rig: Rig) -> None:
 
 
 # -- negotiation ---------------------------------------------------------------------------------
-def test_modern_refuses_features_without_version_1(modern: Rig) -> None:
+def test_mmio_takes_a_modern_driver_without_version_1(modern: Rig) -> None:
+    """As Firecracker's devices do: OSv's virtio-mmio driver leaves VERSION_1 out."""
+    assert modern.drv.negotiate(features=0) & FEATURES_OK
+
+
+def test_a_device_that_requires_version_1_refuses_without_it(modern: Rig) -> None:
+    """What virtio-pci's modern interface keeps (the device core's default)."""
+    modern.blk.version_1_required = True
     assert not modern.drv.negotiate(features=0) & FEATURES_OK
+    assert modern.drv.negotiate() & FEATURES_OK
 
 
 def test_features_not_offered_are_refused(modern: Rig) -> None:
@@ -179,7 +187,7 @@ def test_features_not_offered_are_refused(modern: Rig) -> None:
 
 
 def test_driver_ok_after_refused_features(modern: Rig) -> None:
-    assert not modern.drv.negotiate(features=0) & FEATURES_OK
+    assert not modern.drv.negotiate(features=F_VERSION_1 | 1 << 40) & FEATURES_OK
     modern.drv.w(STATUS, modern.drv.status | DRIVER_OK)
     modern.assert_needs_reset_then_recovers()
 

@@ -83,6 +83,8 @@ class VirtioMmio:
         self.irq = irq
         self.version = 1 if legacy else 2
         device.legacy = legacy
+        # Firecracker's virtio-mmio devices take a driver that leaves VERSION_1 out (OSv's does).
+        device.version_1_required = False
         self.reset()
 
     @property
