@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from emu import __version__
 from emu.debugger.command import add_debug_parser
+from emu.devices.boot_timer import Start
 from emu.errors import EmuError, ExitStatus
 from emu.expect import ExpectWatch, apply_expectations
 from emu.options import add_machine_options, add_output_options, add_run_options, config_from_args
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from emu.machine import Machine, Sink
     from emu.report import FaultReport
     from emu.terminal import StdioConsole
+
+#: When this process started, for the boot timer (Firecracker counts from its own start).
+STARTED = Start.now()
 
 EXIT_STATUS_HELP = """exit statuses:
   0     the guest powered off or halted for good (cli; hlt), or you quit (Ctrl-A x);
@@ -95,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console = StdioConsole(on_quit=lambda: machine.request_quit() if machine else None)
         serial_sinks = _sinks(serial_file, console, args.serial)
         debug_sinks = _sinks(debug_file, console, args.debugcon)
-        machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks)
+        machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks,
+                          messages=_message_line, started=STARTED)  # fmt: skip
         # stdin feeds COM1 when it is on stdio, else a virtio-console on stdio (hvc0).
         stdin_feed = machine.serial.feed if args.serial == "stdio" else _virtio_console_feed(args, machine)
         if stdin_feed is not None:
@@ -123,6 +128,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         sys.stderr.write(f"emu: {reason} (exit status {status})\n")
     return status
+
+
+def _message_line(line: str) -> None:
+    """A line for the user while the guest runs (the boot timer's), on stderr as Firecracker's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _sinks(file: io.FileIO | None, console: StdioConsole, spec: str) -> list[Sink]:

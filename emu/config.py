@@ -97,6 +97,10 @@ class MachineConfig:
     deterministic: bool = False  # guest time from executed code (Unicorn only): emu/deterministic.py
     acpi: bool = False  # --kernel: ACPI tables (virtio-mmio devices in the DSDT) instead of cmdline words
     smp: int = 1  # vCPUs (--smp, QEMU's name): CPU 0 boots, the others wait for INIT-SIPI-SIPI
+    boot_timer: bool = False  # Firecracker's boot timer (emu/devices/boot_timer.py)
+    # With --acpi on, announce virtio-mmio devices on the kernel command line too, as Firecracker
+    # does (its guests may read either: Linux the DSDT, OSv the command line).
+    virtio_cmdline_too: bool = False
 
     # -- derived views ----------------------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ from emu.config import BackendName, MachineConfig, TripleFaultPolicy, validate
 from emu.cpu.state import CpuState
 from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.acpi_pm import AcpiPm
+from emu.devices.boot_timer import BootTimer, Start
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.hpet import Hpet
@@ -157,10 +158,16 @@ class Machine:
         debugcon_sinks: list[Sink] | None = None,
         *,
         clock: Clock | None = None,
+        messages: Callable[[str], None] | None = None,
+        started: Start | None = None,
     ) -> None:
         """`clock`: host time for the machine's devices (default: the host's monotonic clock;
         the debugger gives one that stands still while it holds the guest). --deterministic
-        replaces it with the backend's virtual time."""
+        replaces it with the backend's virtual time. `messages`: where lines for the user go
+        while the guest runs (the boot timer's; default: the log). `started`: when the VMM
+        started, for the boot timer (default: now)."""
+        self._messages = messages or log.info
+        self._started = started or Start.now()
         validate(cfg)
         self.cfg = cfg
         self._boot_data, self._kernel, rom_size = self._read_boot_source(cfg)
@@ -287,6 +294,11 @@ class Machine:
         self.debugcon.register(self.bus)
         self.post = PostCodes()
         self.post.register(self.bus)
+        self.boot_timer: BootTimer | None = None
+        if self.cfg.boot_timer:
+            self.boot_timer = BootTimer(self._started, self._messages)
+            self.boot_timer.register(self.bus)
+            self.devices.append(self.boot_timer)
         self.devices += [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
         if self.cfg.firmware_boot:  # BIOS services
             self.bios = Bios(self.memory, self.bus, self.cfg.bios_disks(), self.cfg.snapshot, BiosHost(
@@ -314,7 +326,7 @@ class Machine:
             acpi_pm = AcpiPm(layout.PORT_ACPI_PM_BASE, self.clock, on_power_off=self.request_power_off)
             acpi_pm.register(self.bus)
             self.devices.append(acpi_pm)
-        elif self._kernel is not None and self.virtio:
+        if self._kernel is not None and self.virtio and (not self.cfg.acpi or self.cfg.virtio_cmdline_too):
             self._kernel = dataclasses.replace(self._kernel, cmdline=kernel_cmdline(self._kernel.cmdline, self.virtio))
 
     def _defer(self, work: Callable[[], None]) -> None:

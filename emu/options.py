@@ -4,7 +4,10 @@ shape how a run ends, turned into a MachineConfig."""
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 from pathlib import Path
+from typing import Any
 
 from emu import layout
 from emu.config import (
@@ -20,6 +23,8 @@ from emu.config import (
 )
 from emu.errors import EmuError
 from emu.memory import parse_size
+
+log = logging.getLogger("emu.options")
 
 
 def _int(text: str) -> int:
@@ -133,6 +138,8 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     boot.add_argument("--image", type=Path, metavar="FILE", help="flat real-mode image loaded at --load-addr")
     boot.add_argument("--kernel", type=Path, metavar="FILE",
                       help="boot a kernel directly: vmlinux ELF, bzImage, PVH ELF or multiboot")  # fmt: skip
+    boot.add_argument("--config-file", type=Path, metavar="FILE",
+                      help="a Firecracker VM configuration (JSON): the machine it describes")  # fmt: skip
     p.add_argument("--load-addr", type=_int, default=layout.BOOT_SECTOR, metavar="ADDR",
                    help="where --image is loaded and entered in real mode (default %(default)#x)")  # fmt: skip
     p.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk for --kernel")
@@ -174,6 +181,9 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acpi", choices=["on", "off"], default="off",
                    help="with --kernel: ACPI tables (RSDP, FADT, DSDT listing the virtio-mmio devices; a MADT "
                         "and HPET table) instead of virtio_mmio.device= command-line words (default off)")  # fmt: skip
+    p.add_argument("--boot-timer", action="store_true",
+                   help="Firecracker's boot timer: a guest writing 123 at 0xc0000000 (or port 0x3f0) prints "
+                        "the time since emu started")  # fmt: skip
     p.add_argument("--smp", type=_cpu_count, default=1, metavar="N",
                    help="vCPUs (default 1): CPU 0 boots, the others wait for INIT-SIPI-SIPI; the MP table "
                         "and the MADT list them all")  # fmt: skip
@@ -199,11 +209,46 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr at the end")
 
 
+#: Machine options a Firecracker config file sets itself: given with --config-file, an error.
+_CONFIG_FILE_SETS = {
+    "mem": "--mem", "initrd": "--initrd", "cmdline": "--cmdline", "module": "--module", "disk": "--disk",
+    "net": "--net", "rng": "--rng", "virtio_console": "--virtio-console", "smp": "--smp", "boot": "--boot",
+}  # fmt: skip
+
+
+@functools.cache
+def _machine_defaults() -> dict[str, Any]:
+    p = argparse.ArgumentParser()
+    add_machine_options(p)
+    return vars(p.parse_args([]))
+
+
+def _from_config_file(args: argparse.Namespace) -> MachineConfig:
+    """--config-file: Firecracker's description of the machine, on emu's own run settings."""
+    from emu.firecracker.config import VmDescription
+
+    for dest, flag in _CONFIG_FILE_SETS.items():
+        if getattr(args, dest) != _machine_defaults()[dest]:
+            raise EmuError(f"{flag} cannot be given with --config-file, which describes the machine")
+    vm = VmDescription.load(args.config_file)
+    for note in vm.notes():
+        log.warning("--config-file: %s", note)
+    base = MachineConfig(
+        backend=BackendName(args.backend), timeout=args.timeout, triple_fault=TripleFaultPolicy(args.triple_fault),
+        deterministic=args.deterministic, acpi=args.acpi == "on", boot_timer=args.boot_timer,
+    )  # fmt: skip
+    cfg = vm.machine_config(base)
+    validate(cfg)
+    return cfg
+
+
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """The machine the options describe (what `emu run` boots and `emu debug` debugs), checked
     (emu.config.validate) so a bad combination is refused before anything is opened."""
     from emu import roms
 
+    if getattr(args, "config_file", None) is not None:
+        return _from_config_file(args)
     disks = args.disk
     if args.bios is None and args.image is None and args.kernel is None and not disks:
         # The bundled demo disk, booted by the BIOS; read-only so the shipped image never changes.
@@ -214,7 +259,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, boot=BootKind(args.boot),
         modules=args.module, disks=disks, snapshot=args.snapshot, virtio_transport=args.virtio_transport,
         triple_fault=TripleFaultPolicy(args.triple_fault), deterministic=args.deterministic,
-        acpi=args.acpi == "on", smp=args.smp, nets=args.net, rng=args.rng, virtio_console=args.virtio_console,
+        acpi=args.acpi == "on", smp=args.smp, boot_timer=args.boot_timer, nets=args.net, rng=args.rng,
+        virtio_console=args.virtio_console,
     )  # fmt: skip
     validate(cfg)
     return cfg

@@ -41,10 +41,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 """
 
-INIT = rf"""{INIT_HEAD}echo EMU-VIRTIO-START
 # modprobe (kmod) would hand a module its parameters from /proc/cmdline (virtio_pci.force_legacy=1,
 # virtio_mmio.device=...); busybox insmod does not, so /init does.
-for m in {" ".join(Path(m).name for m in MODULES)}; do
+LOAD_MODULES = rf"""for m in {" ".join(Path(m).name for m in MODULES)}; do
     name=${{m%.ko}}
     args=
     for w in $(cat /proc/cmdline); do
@@ -52,7 +51,10 @@ for m in {" ".join(Path(m).name for m in MODULES)}; do
     done
     insmod /lib/modules/$m $args || echo "EMU-VIRTIO-WARN insmod $m failed"
 done
-n=0
+"""
+
+INIT = rf"""{INIT_HEAD}echo EMU-VIRTIO-START
+{LOAD_MODULES}n=0
 while [ ! -b /dev/vdb ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 ls /sys/block
 echo "EMU-VDA-SIZE $(cat /sys/block/vda/size)"
