@@ -19,6 +19,7 @@ from emu.expect import ExpectWatch, apply_expectations
 from emu.options import add_machine_options, add_output_options, add_run_options, config_from_args
 
 if TYPE_CHECKING:
+    from emu.config import MachineConfig
     from emu.machine import Machine, Sink
     from emu.report import FaultReport
     from emu.terminal import StdioConsole
@@ -80,11 +81,18 @@ def _open_sink(spec: str, what: str) -> io.FileIO | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return run_config(config_from_args(args), args)
+
+
+def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
+               on_machine: Callable[[Machine | None], None] | None = None) -> int:  # fmt: skip
+    """Run the machine `cfg` as `emu run` does with `args`' run and output options (the console
+    on stdio, --expect, the fault report, the summary line); its exit status. `on_machine` is told
+    of the machine once it is built and again (None) once it is closed (Firecracker's API)."""
     from emu.machine import Machine
     from emu.report.fault import fault_report, rerun_settings
     from emu.terminal import StdioConsole
 
-    cfg = config_from_args(args)
     if args.expect_timeout is not None and not args.expect:
         raise EmuError("--expect-timeout needs at least one --expect TEXT")
     if args.report is not None and not args.report.parent.is_dir():
@@ -100,7 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         serial_sinks = _sinks(serial_file, console, args.serial)
         debug_sinks = _sinks(debug_file, console, args.debugcon)
         machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks,
-                          messages=_message_line, started=STARTED)  # fmt: skip
+                          messages=getattr(args, "messages", None) or _message_line, started=STARTED)  # fmt: skip
+        if on_machine is not None:
+            on_machine(machine)
         # stdin feeds COM1 when it is on stdio, else a virtio-console on stdio (hvc0).
         stdin_feed = machine.serial.feed if args.serial == "stdio" else _virtio_console_feed(args, machine)
         if stdin_feed is not None:
@@ -118,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = fault_report(machine, result, rerun, replay=args.on_triple_fault == "replay")
     finally:
         if machine is not None:
+            if on_machine is not None:
+                on_machine(None)
             machine.close()
         for f in files:
             f.close()

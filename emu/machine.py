@@ -179,6 +179,8 @@ class Machine:
         self._exit_code = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._running = threading.Event()  # clear: paused (Firecracker's PATCH /vm Paused)
+        self._running.set()
         self.resets = 0
         self.a20 = True
         self.devices: list[Device] = []
@@ -414,6 +416,28 @@ class Machine:
     def request_expect_timeout(self) -> None:
         self._request(Action.EXPECT_TIMEOUT)
 
+    def pause(self) -> None:
+        """Hold every vCPU until resume() (any thread); requests to end the run still work."""
+        self._running.clear()
+        self._wake.set()
+        self.backend.request_stop()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def _hold(self) -> Action | None:
+        """While paused: wait for resume() or a request that ends the run (returned)."""
+        while not self._running.is_set():
+            action = self._take_action()
+            if action is not None:
+                return action
+            self._running.wait(0.05)
+        return None
+
     # -- running ------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Run the guest to its end in a vCPU thread; this thread stays free for signals."""
@@ -485,6 +509,10 @@ class Machine:
         run = driver.run_once if driver is not None else self.backend.run
         stop = driver.stop if driver is not None else None
         while stop is None or not stop.is_set():
+            if not self._running.is_set() and (held := self._hold()) is not None:
+                result = self._handle_action(held, Exit(ExitKind.INTERRUPTED, "paused"))
+                if result is not None:
+                    return result
             if self._virtual is not None:
                 self._virtual.set_deadline(self.timers.next_deadline())
             exit_ = run()
@@ -556,7 +584,7 @@ class Machine:
     def _wait_for_interrupt(self, stop: threading.Event | None = None) -> RunResult | None:
         """hlt with interrupts enabled: sleep until an interrupt can be taken, `stop` is set or
         we must stop. Timers run here too (this is the vCPU thread)."""
-        while stop is None or not stop.is_set():
+        while (stop is None or not stop.is_set()) and self._running.is_set():
             action = self._take_action()
             if action is not None:
                 return self._handle_action(action, Exit(ExitKind.HALT))
