@@ -330,6 +330,11 @@ class Machine:
             self.devices.append(acpi_pm)
         if self._kernel is not None and self.virtio and (not self.cfg.acpi or self.cfg.virtio_cmdline_too):
             self._kernel = dataclasses.replace(self._kernel, cmdline=kernel_cmdline(self._kernel.cmdline, self.virtio))
+            if not self.cfg.acpi and any(isinstance(d, VirtioMmio) for d in self.virtio):
+                # Never a device silently invisible: many kernels (Debian's) cannot read these words.
+                log.warning("the virtio-mmio devices are announced on the kernel command line only: a kernel "
+                            "without CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) will not see them; "
+                            "--acpi on lists them in ACPI too")  # fmt: skip
 
     def _defer(self, work: Callable[[], None]) -> None:
         """Run `work` on the vCPU thread soon (any thread): host data for virtio devices (tap
