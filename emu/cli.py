@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from emu import __version__
+from emu.boot_profile import BootProfile
 from emu.debugger.command import add_debug_parser
 from emu.devices.boot_timer import Start
 from emu.errors import EmuError, ExitStatus
@@ -97,7 +98,10 @@ def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
         raise EmuError("--expect-timeout needs at least one --expect TEXT")
     if args.report is not None and not args.report.parent.is_dir():
         raise EmuError(f"--report {args.report}: no such directory")
-    watch = ExpectWatch(args.expect)
+    profile = BootProfile(STARTED) if getattr(args, "boot_profile", None) is not None else None
+    if profile is not None and not args.boot_profile.parent.is_dir():
+        raise EmuError(f"--boot-profile {args.boot_profile}: no such directory")
+    watch = ExpectWatch(args.expect, on_marker=(lambda m: profile.mark("expect", repr(m))) if profile else None)
     serial_file = _open_sink(args.serial, "--serial")
     debug_file = _open_sink(args.debugcon, "--debugcon")
     files = [f for f in (serial_file, debug_file) if f is not None]
@@ -108,7 +112,8 @@ def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
         serial_sinks = _sinks(serial_file, console, args.serial)
         debug_sinks = _sinks(debug_file, console, args.debugcon)
         machine = Machine(cfg, serial_sinks=[*serial_sinks, watch], debugcon_sinks=debug_sinks,
-                          messages=getattr(args, "messages", None) or _message_line, started=STARTED)  # fmt: skip
+                          messages=getattr(args, "messages", None) or _message_line, started=STARTED,
+                          profile=profile)  # fmt: skip
         if on_machine is not None:
             on_machine(machine)
         # stdin feeds COM1 when it is on stdio, else a virtio-console on stdio (hvc0).
@@ -137,6 +142,13 @@ def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
                                         result.status == ExitStatus.EXPECT_MISSING)  # fmt: skip
     if report is not None:
         _write_report(report, args.report, show=status == ExitStatus.TRIPLE_FAULT)
+    if profile is not None:
+        try:
+            profile.write(args.boot_profile)
+        except OSError as e:
+            raise EmuError(f"--boot-profile {args.boot_profile}: {e.strerror}") from None
+        if args.verbose:
+            sys.stderr.write(profile.table() + "\n")
     if not args.quiet:
         sys.stderr.write(f"emu: {reason} (exit status {status})\n")
     return status

@@ -35,6 +35,13 @@ class VirtioTransport(Enum):
     PCI_MODERN = "pci-modern"  # virtio-pci modern only (1.x, device ID 0x1040 + type)
 
 
+class DiskFormat(Enum):
+    """A disk image's format (--disk ...,format=); None in a DiskSpec: detected from the magic."""
+
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
 class TripleFaultPolicy(Enum):
     """What a triple fault does to the run (--triple-fault)."""
 
@@ -50,6 +57,7 @@ class DiskSpec:
     floppy: bool = False
     # None: a BIOS disk when the firmware boots, else a virtio-blk disk on the machine's default.
     transport: VirtioTransport | None = None
+    format: DiskFormat | None = None  # None: qcow2 if the file starts with its magic, else raw
 
 
 @dataclass

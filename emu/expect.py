@@ -13,13 +13,15 @@ class ExpectWatch:
     markers) and calls `on_all_seen` once every one has appeared. Thread-safe: the vCPU thread
     feeds it while the main thread may read `missing`."""
 
-    def __init__(self, markers: list[str], on_all_seen: Callable[[], None] | None = None) -> None:
+    def __init__(self, markers: list[str], on_all_seen: Callable[[], None] | None = None,
+                 on_marker: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self._markers = [m.encode() for m in markers]
         self._missing = list(self._markers)
         self._keep = max((len(m) for m in self._markers), default=1) - 1  # a marker may span writes
         self._tail = b""
         self._lock = threading.Lock()
         self._on_all_seen = on_all_seen
+        self.on_marker = on_marker  # each marker as it is first seen (the boot profile)
         self.all_seen = threading.Event()
         if not self._missing:
             self.all_seen.set()
@@ -29,9 +31,13 @@ class ExpectWatch:
             if not self._missing:
                 return
             window = self._tail + data
-            self._missing = [m for m in self._missing if m not in window]
+            seen = [m for m in self._missing if m in window]
+            self._missing = [m for m in self._missing if m not in seen]
             self._tail = window[-self._keep :] if self._keep else b""
             done = not self._missing
+        if self.on_marker is not None:
+            for m in seen:
+                self.on_marker(m.decode(errors="replace"))
         if done and not self.all_seen.is_set():
             self.all_seen.set()
             if self._on_all_seen is not None:

@@ -14,9 +14,10 @@ from typing import Protocol, TypeVar
 
 from emu import layout
 from emu.backends.base import Backend, BackendUnavailable, Exit, ExitKind
+from emu.boot_profile import BootProfile
 from emu.bus import Bus
 from emu.config import BackendName, MachineConfig, TripleFaultPolicy, validate
-from emu.cpu.state import CpuState
+from emu.cpu.state import CpuState, Mode
 from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.acpi_pm import AcpiPm
 from emu.devices.boot_timer import BootTimer, Start
@@ -87,11 +88,15 @@ class RunResult:
 class OutputTap:
     """Keeps the tail of an output stream and forwards every byte to optional sinks."""
 
-    def __init__(self, sinks: list[Sink] | None = None) -> None:
+    def __init__(self, sinks: list[Sink] | None = None, on_first: Callable[[], None] | None = None) -> None:
         self.buf = bytearray()
         self.sinks = sinks or []
+        self._on_first = on_first  # the stream's first byte (the boot profile's milestone)
 
     def __call__(self, data: bytes) -> None:
+        if self._on_first is not None and data:
+            on_first, self._on_first = self._on_first, None
+            on_first()
         self.buf += data
         if len(self.buf) > SERIAL_CAPTURE_LIMIT:
             del self.buf[: len(self.buf) - SERIAL_CAPTURE_LIMIT]
@@ -160,6 +165,7 @@ class Machine:
         clock: Clock | None = None,
         messages: Callable[[str], None] | None = None,
         started: Start | None = None,
+        profile: BootProfile | None = None,
     ) -> None:
         """`clock`: host time for the machine's devices (default: the host's monotonic clock;
         the debugger gives one that stands still while it holds the guest). --deterministic
@@ -168,13 +174,14 @@ class Machine:
         started, for the boot timer (default: now)."""
         self._messages = messages or log.info
         self._started = started or Start.now()
+        self.profile = profile
         validate(cfg)
         self.cfg = cfg
         self._boot_data, self._kernel, rom_size = self._read_boot_source(cfg)
         self.memory = GuestMemory(cfg.mem, firmware_size=rom_size)
         self.bus = Bus()
-        self.serial_out = OutputTap(serial_sinks)
-        self.debugcon_out = OutputTap(debugcon_sinks)
+        self.serial_out = OutputTap(serial_sinks, self._milestone_once("first byte on COM1"))
+        self.debugcon_out = OutputTap(debugcon_sinks, self._milestone_once("first byte on the debug console"))
         self._action: Action | None = None
         self._exit_code = 0
         self._lock = threading.Lock()
@@ -212,10 +219,16 @@ class Machine:
         data = flat.read_image(cfg.bios or rom_path(BIOS_ROM), "firmware image")
         return data, None, flat.firmware_rom_size(len(data))
 
+    def _milestone_once(self, name: str) -> Callable[[], None] | None:
+        profile = self.profile
+        return None if profile is None else lambda: profile.mark(name, once=True)
+
     def _build(self, clock: Clock | None) -> None:
         virtual = self.backend.virtual_time()
         self._virtual = VirtualClock(virtual) if virtual is not None else None
         self.clock: Clock = self._virtual or clock or HostClock()
+        if self.profile is not None:
+            self.profile.attach(self.clock.now_ns, self.backend.executed_code_bytes, self.backend.name)
         self.timers = TimerQueue(self.clock)
         if self._virtual is not None:
             self._virtual.follow(self.timers)  # runs end at timer deadlines: no timer thread
@@ -298,7 +311,7 @@ class Machine:
         self.post.register(self.bus)
         self.boot_timer: BootTimer | None = None
         if self.cfg.boot_timer:
-            self.boot_timer = BootTimer(self._started, self._messages)
+            self.boot_timer = BootTimer(self._started, self._boot_time)
             self.boot_timer.register(self.bus)
             self.devices.append(self.boot_timer)
         self.devices += [self.serial, self.i8042, self.sysctl, self.debug_exit, self.debugcon, self.post]
@@ -308,6 +321,7 @@ class Machine:
                 serial_used=lambda: bool(self.serial_out.buf),
                 set_a20=self._set_a20, a20=lambda: self.a20,
                 invalidate_code=lambda addr, size: self.backend.invalidate_code(addr, size),
+                milestone=self.profile.mark if self.profile is not None else None,
             ))  # fmt: skip
             self.bios.register(self.bus)
             self.devices.append(self.bios)
@@ -335,6 +349,11 @@ class Machine:
                 log.warning("the virtio-mmio devices are announced on the kernel command line only: a kernel "
                             "without CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) will not see them; "
                             "--acpi on lists them in ACPI too")  # fmt: skip
+
+    def _boot_time(self, line: str) -> None:
+        self._messages(line)
+        if self.profile is not None:
+            self.profile.mark("boot timer", line.removeprefix("Guest-boot-time = "))
 
     def _defer(self, work: Callable[[], None]) -> None:
         """Run `work` on the vCPU thread soon (any thread): host data for virtio devices (tap
@@ -475,7 +494,9 @@ class Machine:
             if self._timer_thread is not None:
                 self._timer_thread.stop()
         if not box:
-            return self._result(ExitStatus.SOFTWARE, "the vCPU did not stop")
+            box.append(self._result(ExitStatus.SOFTWARE, "the vCPU did not stop"))
+        if self.profile is not None:
+            self.profile.mark("end", box[0].reason)
         return box[0]
 
     def _result(self, status: int, reason: str, exit_: Exit | None = None) -> RunResult:
@@ -513,6 +534,7 @@ class Machine:
         run, the timers due, then a request (debug-exit, reset, timeout, quit) before the exit."""
         run = driver.run_once if driver is not None else self.backend.run
         stop = driver.stop if driver is not None else None
+        mode = self._profile_mode(None) if self.profile is not None else None
         while stop is None or not stop.is_set():
             if not self._running.is_set() and (held := self._hold()) is not None:
                 result = self._handle_action(held, Exit(ExitKind.INTERRUPTED, "paused"))
@@ -521,6 +543,8 @@ class Machine:
             if self._virtual is not None:
                 self._virtual.set_deadline(self.timers.next_deadline())
             exit_ = run()
+            if mode is not None:
+                mode = self._profile_mode(mode)
             self._run_timers()
             action = self._take_action()
             if action is not None:
@@ -538,6 +562,18 @@ class Machine:
                 return driver.stopped(in_hlt=True)
         assert driver is not None
         return driver.stopped(in_hlt=False)
+
+    def _profile_mode(self, previous: Mode | None) -> Mode:
+        """The boot profile's CPU milestones: the entry, then each mode change vCPU 0 shows."""
+        assert self.profile is not None
+        st = self.backend.get_state(0)
+        where = f"{st.cs.selector:04x}:{st.rip:#x}"
+        if previous is None:
+            what = "kernel entry" if self._kernel is not None else "first instruction"
+            self.profile.mark(what, f"{st.mode.value} at {where}")
+        elif st.mode is not previous:
+            self.profile.mark("mode change", f"{previous.value} -> {st.mode.value} (by {where})")
+        return st.mode
 
     def _handle_exit(self, exit_: Exit, stop: threading.Event | None) -> RunResult | None:
         """What an exit means for the machine: its result when the run ends, else None (the

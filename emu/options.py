@@ -13,6 +13,7 @@ from emu import layout
 from emu.config import (
     BackendName,
     BootKind,
+    DiskFormat,
     DiskSpec,
     MachineConfig,
     NetSpec,
@@ -52,7 +53,7 @@ def _seconds(text: str) -> float:
 
 
 def _disk(text: str) -> DiskSpec:
-    """PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern]"""
+    """PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern][,format=raw|qcow2]"""
     path, *opts = text.split(",")
     if not path:
         raise argparse.ArgumentTypeError(f"no file name in {text!r}")
@@ -64,8 +65,14 @@ def _disk(text: str) -> DiskSpec:
             spec.floppy = True
         elif opt.startswith("transport="):
             spec.transport = _transport(opt.removeprefix("transport="))
+        elif opt.startswith("format="):
+            try:
+                spec.format = DiskFormat(opt.removeprefix("format="))
+            except ValueError:
+                known = ", ".join(f.value for f in DiskFormat)
+                raise argparse.ArgumentTypeError(f"unknown disk format in {text!r} (known: {known})") from None
         else:
-            known = "ro, floppy, transport="
+            known = "ro, floppy, transport=, format="
             raise argparse.ArgumentTypeError(f"unknown disk option {opt!r} in {text!r} (known: {known})")
     if spec.floppy and spec.transport is not None:
         raise argparse.ArgumentTypeError(f"a floppy is a BIOS drive, not a virtio disk: {text!r}")
@@ -199,6 +206,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "exception chain")  # fmt: skip
     p.add_argument("--expect", action="append", default=[], metavar="TEXT",
                    help="serial output the run must produce (repeatable); missing at the end: status 8")  # fmt: skip
+    p.add_argument("--boot-profile", type=Path, metavar="FILE.json",
+                   help="write the boot's milestones (host and guest time, guest code) as JSON, and as an SVG "
+                        "timeline beside it (FILE.svg); -v also prints them as a table")  # fmt: skip
     p.add_argument("--expect-timeout", type=_seconds, metavar="SECONDS",
                    help="end the run with status 8 if an --expect marker has not appeared by then")  # fmt: skip
 

@@ -59,7 +59,9 @@ def test_linux_from_a_firecracker_config_file(guest: LinuxGuest, initramfs: Path
     rootfs.write_bytes(b"ROOTFS-SIGNATURE" + bytes(1 << 20))
     config = tmp_path / "vm.json"
     config.write_text(json.dumps(vm_json(guest, initramfs, rootfs)))
-    p = emu_run("--config-file", str(config), "--boot-timer", "--timeout", "90", timeout=150)
+    profile = tmp_path / "boot.json"
+    p = emu_run("--config-file", str(config), "--boot-timer", "--boot-profile", str(profile), "--timeout", "90",
+                timeout=150)  # fmt: skip
     out = p.stdout
     assert p.returncode == 0 and "EMU-FC-DONE" in out, f"exit {p.returncode}: {p.stderr}\n{out[-3000:]}"
     # Firecracker's root device words, then its virtio-mmio announcement.
@@ -71,6 +73,10 @@ def test_linux_from_a_firecracker_config_file(guest: LinuxGuest, initramfs: Path
     assert boot, p.stderr
     assert int(boot.group(1)) // 1000 == int(boot.group(2)) and 0 < int(boot.group(1)) < 150_000_000
     assert "--config-file: drives[rootfs].cache_type is accepted and ignored" in p.stderr
+    # The boot profile has the kernel's entry (PVH: 32-bit protected mode) and the boot timer's write.
+    milestones = {m["name"]: m for m in json.loads(profile.read_text())["milestones"]}
+    assert milestones["kernel entry"]["detail"].startswith("protected32 at ")
+    assert milestones["boot timer"]["detail"].startswith(boot.group(1))
 
 
 def test_the_description_as_firecracker_builds_it(tmp_path: Path) -> None:

@@ -167,6 +167,10 @@ class Backend(abc.ABC):
         """ioeventfd/irqfd registrations for device threads (KVM with the capabilities)."""
         return None
 
+    def executed_code_bytes(self) -> int | None:
+        """Bytes of guest code executed so far (translation blocks started; None: not counted)."""
+        return None
+
     def block_trace(self) -> list[TraceEntry] | None:
         """The blocks the guest started most recently, oldest first (None: not recorded)."""
         return None

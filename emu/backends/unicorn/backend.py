@@ -162,6 +162,9 @@ class UnicornBackend(Backend):
     def guest_tsc(self) -> GuestTsc:
         return self._tsc
 
+    def executed_code_bytes(self) -> int:
+        return int(self._native.cell.code_bytes)
+
     def block_trace(self) -> list[TraceEntry]:
         """The translation blocks the guest started most recently, oldest first (kick.c's ring),
         for the fault report's "last instructions executed"."""

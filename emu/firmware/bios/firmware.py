@@ -46,6 +46,7 @@ class BiosHost:
     set_a20: Callable[[bool], None]
     a20: Callable[[], bool]
     invalidate_code: Callable[[int, int], None]
+    milestone: Callable[[str, str], None] | None = None  # the boot profile's (emu/boot_profile.py)
 
 
 def number_disks(specs: list[DiskSpec]) -> list[tuple[DiskSpec, int]]:
@@ -171,6 +172,8 @@ class Bios:
                 self.mem.write(layout.BOOT_SECTOR, sector)
                 self.host.invalidate_code(layout.BOOT_SECTOR, SECTOR)
                 log.info("booting from drive %#04x (%s)", disk.number, disk.spec.path)
+                if self.host.milestone is not None:  # the ROM jumps to 0000:7C00 as this trap returns
+                    self.host.milestone("MBR loaded and entered", f"drive {disk.number:#04x}, {disk.spec.path.name}")
                 r.al = 0
                 r.dl = disk.number
                 break
