@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from emu.tools.guests import MARKER_DONE, LinuxGuest
+from emu.tools.guests import MARKER_DONE, LinuxGuest, build_initramfs
 
 FIRECRACKER = Path(sys.executable).parent / "emu-firecracker"  # what FIRECRACKER_PATH names
 OSV = Path(__file__).resolve().parents[2] / "shared" / "guests" / "osv"
@@ -178,3 +178,25 @@ def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2 and "the path exists" in p.stderr
     p = subprocess.run([str(FIRECRACKER), "--version"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and p.stdout.startswith("Firecracker v")
+
+
+def test_send_ctrl_alt_del_reboots_linux(guest: LinuxGuest, tmp_path: Path) -> None:
+    """Firecracker's way to stop a guest: the i8042 bytes of Ctrl-Alt-Del; Linux restarts, and with
+    reboot=k the microVM ends (status 0)."""
+    busybox = (guest.initramfs.parent / "busybox").read_bytes()
+    initramfs = tmp_path / "wait.cpio"
+    initramfs.write_bytes(build_initramfs(busybox, "#!/bin/sh\nexport PATH=/bin\necho EMU-READY\nsleep 60\n"))
+    config = tmp_path / "vm.json"
+    config.write_text(json.dumps({"boot-source": {**boot_source(guest), "initrd_path": str(initramfs)},
+                                  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}}))  # fmt: skip
+    vm = Microvm(tmp_path, "--config-file", str(config))
+    try:
+        deadline = time.monotonic() + 90
+        while "EMU-READY" not in vm.stdout():
+            assert vm.proc.poll() is None and time.monotonic() < deadline, vm.stderr()
+            time.sleep(0.1)
+        assert vm.curl("PUT", "/actions", {"action_type": "SendCtrlAltDel"}) == (204, None)
+        assert vm.wait(30) == 0, vm.stderr()
+        assert "reboot: Restarting system" in vm.stdout()
+    finally:
+        vm.close()
