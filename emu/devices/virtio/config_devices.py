@@ -56,7 +56,7 @@ def requested_devices(cfg: MachineConfig, memory: GuestMemory, defer: Defer) -> 
 
 def _blk(spec: DiskSpec, snapshot: bool, memory: GuestMemory, default: VirtioTransport) -> DeviceRequest:
     def make(wiring: Wiring) -> VirtioDevice:
-        return VirtioBlk(memory, wiring, DiskImage(spec.path, spec.readonly, snapshot))
+        return VirtioBlk(memory, wiring, DiskImage(spec.path, spec.readonly, snapshot, spec.format))
 
     ro = " (read-only)" if spec.readonly else ""
     return DeviceRequest(spec.transport or default, VirtioBlk, make, f"{spec.path}{ro}")
