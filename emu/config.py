@@ -117,14 +117,18 @@ class MachineConfig:
         return self.kernel is None and self.image is None
 
     def bios_disks(self) -> list[DiskSpec]:
-        """The disks the BIOS serves: none under --kernel (no firmware runs), else those that name
-        no virtio transport."""
+        """The disks the BIOS serves: none without firmware (--kernel, --image), else those that
+        name no virtio transport, then the virtio-pci ones, which it boots as SeaBIOS boots
+        virtio-blk (the same disk, shared with the device)."""
         if self.kernel is not None:
             return []
-        return [d for d in self.disks if d.transport is None]
+        plain = [d for d in self.disks if d.transport is None]
+        if not self.firmware_boot:
+            return plain
+        return plain + [d for d in self.disks if d.transport is not None and d.transport not in MMIO_TRANSPORTS]
 
     def virtio_disks(self) -> list[DiskSpec]:
-        """The disks bios_disks() leaves: all of them under --kernel, else those naming a transport."""
+        """The virtio-blk disks: all of them under --kernel, else those naming a transport."""
         return [d for d in self.disks if self.kernel is not None or d.transport is not None]
 
     def virtio_transports(self) -> list[VirtioTransport]:

@@ -333,7 +333,9 @@ class Machine:
         self.devices.append(self.pci)
         # Under KVM each virtio device gets a thread fed by ioeventfds and raising irqfds.
         board = VirtioBoard(self.bus, self.pci, self.irq_line, self.backend.event_fds())
-        attached = attach_virtio(requested_devices(self.cfg, self.memory, self._defer), board)
+        # A virtio-pci disk the BIOS also boots is one open image for both (a qcow2 has one writer).
+        opened = {id(d.spec): d for d in self.bios.disks} if self.bios is not None else {}
+        attached = attach_virtio(requested_devices(self.cfg, self.memory, self._defer, opened), board)
         self.virtio, self.virtio_threads = attached.transports, attached.threads
         self.pci.assign()
         self.devices += self.virtio

@@ -63,3 +63,15 @@ def test_the_cli_checks_options_before_reading_files() -> None:
     p = emu_run("--kernel", str(K), "--backend", "kvm", "--deterministic")
     assert p.returncode == ExitStatus.USAGE
     assert p.stderr.strip() == "emu: error: --deterministic needs --backend unicorn (KVM runs on host time)"
+
+
+def test_the_bios_also_boots_virtio_pci_disks_not_mmio_ones(tmp_path: Path) -> None:
+    """As SeaBIOS boots virtio-blk: with firmware, a virtio-pci disk is a BIOS drive too (after
+    the plain ones); virtio-mmio disks are not, and nothing is under --kernel."""
+    a, b, c = (DiskSpec(tmp_path / n) for n in "abc")
+    b.transport, c.transport = VirtioTransport.PCI, VirtioTransport.MMIO
+    cfg = MachineConfig(disks=[c, b, a])
+    assert cfg.bios_disks() == [a, b] and cfg.virtio_disks() == [c, b]
+    validate(MachineConfig(disks=[b]))  # a virtio-pci disk alone is a boot source
+    cfg.kernel = tmp_path / "k"
+    assert cfg.bios_disks() == []

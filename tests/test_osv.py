@@ -84,3 +84,16 @@ def test_osv_ramfs_under_kvm(ramfs_kernel: Path) -> None:
     p = emu_run("--backend", "kvm", "--kernel", str(ramfs_kernel), "--cmdline", "--rootfs=ramfs /hello",
                 "--no-reboot", "--timeout", "60", timeout=120)  # fmt: skip
     assert p.returncode == 0 and "Hello from C code" in p.stdout, p.stderr
+
+
+def test_osv_mbr_boot_of_its_qcow2_disk_as_built() -> None:
+    """OSv's usr.img as its build makes it (qcow2): emu's BIOS boots it as SeaBIOS boots a
+    virtio-blk disk, OSv's MBR loader reads the kernel with int 13h, and OSv then reads its rofs
+    from the same disk through virtio-blk over PCI (one open image for both)."""
+    usr = OSV / "rofs" / "usr.img"
+    if not usr.is_file():
+        pytest.skip(f"the OSv test guests are not beside this checkout ({OSV})")
+    p = emu_run("--disk", f"{usr},ro,transport=pci", "--no-reboot", "--timeout", "60", "--expect", "Hello from C code",
+                timeout=120)  # fmt: skip
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}\n{p.stdout[-3000:]}"
+    assert "OSv v0.57.0" in p.stdout and "Cmdline: /hello" in p.stdout

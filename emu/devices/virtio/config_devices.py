@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from emu.config import DiskSpec, MachineConfig, NetSpec, VirtioSpec, VirtioTransport
@@ -41,11 +41,14 @@ class DeviceRequest:
     what: str  # for the debug line: the disk, tap or sink behind it
 
 
-def requested_devices(cfg: MachineConfig, memory: GuestMemory, defer: Defer) -> list[DeviceRequest]:
+def requested_devices(cfg: MachineConfig, memory: GuestMemory, defer: Defer,
+                      opened: Mapping[int, DiskImage] | None = None) -> list[DeviceRequest]:  # fmt: skip
     """Every virtio device of `cfg`, in the order they get slots. `defer` runs host-data
-    deliveries (network frames, console input) on the vCPU thread."""
+    deliveries (network frames, console input) on the vCPU thread. `opened`: disks already open
+    (the BIOS's, by id() of their DiskSpec), which a virtio-blk device then shares."""
     default = cfg.virtio_transport
-    reqs = [_blk(spec, cfg.snapshot, memory, default) for spec in cfg.virtio_disks()]
+    opened = opened or {}
+    reqs = [_blk(spec, cfg.snapshot, memory, default, opened.get(id(spec))) for spec in cfg.virtio_disks()]
     reqs += [_net(net, i, memory, defer, default) for i, net in enumerate(cfg.nets)]
     if cfg.rng is not None:
         reqs.append(_rng(cfg.rng, cfg.deterministic, memory, default))
@@ -54,9 +57,11 @@ def requested_devices(cfg: MachineConfig, memory: GuestMemory, defer: Defer) -> 
     return reqs
 
 
-def _blk(spec: DiskSpec, snapshot: bool, memory: GuestMemory, default: VirtioTransport) -> DeviceRequest:
+def _blk(spec: DiskSpec, snapshot: bool, memory: GuestMemory, default: VirtioTransport,
+         image: DiskImage | None) -> DeviceRequest:  # fmt: skip
     def make(wiring: Wiring) -> VirtioDevice:
-        return VirtioBlk(memory, wiring, DiskImage(spec.path, spec.readonly, snapshot, spec.format))
+        disk = image if image is not None else DiskImage(spec.path, spec.readonly, snapshot, spec.format)
+        return VirtioBlk(memory, wiring, disk)
 
     ro = " (read-only)" if spec.readonly else ""
     return DeviceRequest(spec.transport or default, VirtioBlk, make, f"{spec.path}{ro}")

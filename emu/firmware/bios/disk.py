@@ -84,7 +84,7 @@ class Disk(DiskImage):
     --snapshot overlay) with its int 13h geometry."""
 
     def __init__(self, spec: DiskSpec, number: int, snapshot: bool) -> None:
-        super().__init__(spec.path, spec.readonly, snapshot)
+        super().__init__(spec.path, spec.readonly, snapshot, spec.format)
         self.spec = spec
         self.number = number  # BIOS drive number: 0x00.. floppies, 0x80.. hard disks
         size = self.size
