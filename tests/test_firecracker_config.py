@@ -5,13 +5,26 @@ timer's line, and bad files refused with one line and status 2, never a tracebac
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from guests.cli import emu_run
-from guests.virtio.linux import APPLETS, INIT_HEAD, LOAD_MODULES, MODULES
+from guests.virtio.linux import (
+    APPLETS,
+    DEVICE_APPLETS,
+    DEVICE_MODULES,
+    GUEST_IP,
+    HOST_IP,
+    INIT_HEAD,
+    LOAD_MODULES,
+    MODULES,
+)
 from guests.virtio.linux import build_initramfs as build_virtio_initramfs
 
 from emu.config import VirtioTransport
@@ -137,3 +150,51 @@ def test_missing_kernel_and_conflicting_options(tmp_path: Path) -> None:
     assert p.returncode == ExitStatus.USAGE and "--smp cannot be given with --config-file" in p.stderr
     p = emu_run("--config-file", str(tmp_path / "absent.json"))
     assert p.returncode == ExitStatus.USAGE and "absent.json: no such file" in p.stderr
+
+
+NET_INIT = (
+    INIT_HEAD
+    + LOAD_MODULES.replace(" ".join(Path(m).name for m in MODULES), " ".join(Path(m).name for m in DEVICE_MODULES))
+    + rf"""n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+echo "EMU-NET-MAC $(cat /sys/class/net/eth0/address)"
+ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up
+ping -c 3 -W 5 {HOST_IP} >/dev/null && echo EMU-PING-OK || echo EMU-PING-FAILED
+poweroff -f
+"""
+)
+
+
+def test_linux_with_a_tap_from_a_config_file(guest: LinuxGuest, tmp_path: Path) -> None:
+    """network-interfaces: an existing tap (in a network namespace the test makes) and guest_mac;
+    the guest pings the host's side of the tap."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
+        pytest.skip("needs root, /dev/net/tun and iproute2 to make a tap in a network namespace")
+    initrd = build_virtio_initramfs(guest, "initramfs-firecracker-net.cpio", NET_INIT, DEVICE_MODULES,
+                                    DEVICE_APPLETS)  # fmt: skip
+    config = tmp_path / "vm.json"
+    mac = "06:00:ac:10:00:02"
+    config.write_text(json.dumps({
+        "boot-source": {"kernel_image_path": str(guest.vmlinux), "initrd_path": str(initrd),
+                        "boot_args": "console=ttyS0 reboot=k panic=1"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "fctap0", "guest_mac": mac}],
+    }))  # fmt: skip
+    ns = f"emu-fc-{os.getpid()}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+    try:
+        ip("netns", "add", ns)
+        ip("-n", ns, "tuntap", "add", "dev", "fctap0", "mode", "tap")
+        ip("-n", ns, "addr", "add", f"{HOST_IP}/24", "dev", "fctap0")
+        ip("-n", ns, "link", "set", "fctap0", "up")
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "emu.cli", "run", "--config-file",
+                            str(config), "--timeout", "120"], capture_output=True, text=True, errors="replace",
+                           timeout=180)  # fmt: skip
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}\n{p.stdout[-3000:]}"
+    assert f"EMU-NET-MAC {mac}" in p.stdout
+    assert "EMU-PING-OK" in p.stdout, p.stdout[-3000:]
