@@ -96,3 +96,33 @@ def test_linux_finds_virtio_mmio_disks_through_acpi(
     irqs = {int(n): int(count) for n, count in re.findall(r"EMU-IRQ (\d+):\s+(\d+)\s+IO-APIC\s+\S+\s+virtio", out)}
     assert set(layout.VIRTIO_MMIO_IRQS[:2]) <= set(irqs) and all(irqs.values()), irqs
     assert set(irqs) - set(layout.VIRTIO_MMIO_IRQS[:2]) <= (set(layout.PCI_INTX_IRQS) if pci else set()), irqs
+
+
+def test_linux_writes_a_qcow2_overlay_that_qemu_img_accepts(guest: LinuxGuest, initramfs: Path, tmp_path: Path) -> None:
+    """vdb is a qcow2 overlay (qemu-img create -b) of a raw base; Linux writes through virtio-blk;
+    afterwards `qemu-img check` finds no error or leak, `qemu-img compare` finds the overlay equal
+    to the raw image with Linux's write, and the base is untouched."""
+    pattern = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(DISK_BYTES))
+    a, base, overlay = tmp_path / "a.img", tmp_path / "base.img", tmp_path / "overlay.qcow2"
+    a.write_bytes(bytes(DISK_BYTES))
+    base.write_bytes(pattern)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base.name, "-F", "raw", str(overlay)],
+                   cwd=tmp_path, check=True)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "run", "--kernel", str(guest.vmlinux), "--acpi", "on",
+         "--initrd", str(initramfs), "--cmdline", "console=ttyS0 panic=-1", "--mem", "256", "--no-reboot",
+         "--timeout", "90", "--disk", f"{a},ro", "--disk", str(overlay)],
+        cwd=REPO, capture_output=True, text=True, errors="replace", timeout=150,
+    )  # fmt: skip
+    assert p.returncode == 0 and "EMU-VIRTIO-DONE" in p.stdout, f"exit {p.returncode}: {p.stderr}\n{p.stdout[-3000:]}"
+    check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True)
+    assert check.returncode == 0 and "No errors were found on the image." in check.stdout, check.stdout
+    assert "leaked" not in check.stdout
+    expected = bytearray(pattern)
+    expected[WRITE_SECTOR * 512 : WRITE_SECTOR * 512 + len(WRITE_TEXT)] = WRITE_TEXT.encode()
+    want = tmp_path / "expected.img"
+    want.write_bytes(expected)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(overlay), str(want)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert base.read_bytes() == pattern
