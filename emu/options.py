@@ -157,9 +157,10 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", type=Path, action="append", default=[], metavar="FILE",
                    help="extra multiboot module (repeatable; the initrd is the first module)")  # fmt: skip
     p.add_argument("--disk", type=_disk, action="append", default=[],
-                   metavar="PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern]",
-                   help="disk image (repeatable): a BIOS disk (first hard disk 0x80, a floppy 0x00), or "
-                        "a virtio-blk disk with --kernel or a transport=")  # fmt: skip
+                   metavar="PATH[,ro][,floppy][,transport=mmio|mmio-legacy|pci|pci-legacy|pci-modern][,format=raw|qcow2]",
+                   help="disk image, raw or qcow2 (repeatable): a BIOS disk (first hard disk 0x80, a floppy "
+                        "0x00), or a virtio-blk disk with --kernel or a transport= (the BIOS boots virtio-pci "
+                        "disks too)")  # fmt: skip
     p.add_argument("--virtio-transport", type=_transport, default=VirtioTransport.MMIO,
                    metavar="mmio|mmio-legacy|pci|pci-legacy|pci-modern",
                    help="transport of virtio devices that name none (default mmio: virtio-mmio v2; "
