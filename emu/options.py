@@ -236,7 +236,7 @@ def _machine_defaults() -> dict[str, Any]:
 
 def _from_config_file(args: argparse.Namespace) -> MachineConfig:
     """--config-file: Firecracker's description of the machine, on emu's own run settings."""
-    from emu.firecracker.config import VmDescription
+    from emu.firecracker.vm_description import VmDescription
 
     for dest, flag in _CONFIG_FILE_SETS.items():
         if getattr(args, dest) != _machine_defaults()[dest]:

@@ -29,7 +29,7 @@ from guests.virtio.linux import build_initramfs as build_virtio_initramfs
 
 from emu.config import VirtioTransport
 from emu.errors import ExitStatus
-from emu.firecracker.config import DEFAULT_BOOT_ARGS, FirecrackerConfigError, VmDescription
+from emu.firecracker.vm_description import DEFAULT_BOOT_ARGS, FirecrackerConfigError, VmDescription
 from emu.tools.guests import LinuxGuest
 
 # /init: what the root drive holds, then the boot timer (busybox devmem at Firecracker's address).

@@ -1,6 +1,6 @@
 """Firecracker's REST API on a Unix socket (HTTP/1.1, Python's http.server), over emu's machine.
 
-Before InstanceStart the requests build a VmDescription (config.py); InstanceStart boots it.
+Before InstanceStart the requests build a VmDescription (vm_description.py); InstanceStart boots it.
 Paths, methods, bodies, status codes (204 for a change, 200 with JSON for a read, 400 with
 `{"fault_message": ...}` for anything refused) and the pre-boot-only rule are Firecracker's
 (src/firecracker/swagger/firecracker.yaml, read for facts). Unsupported endpoints (vsock,
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from emu import __version__
-from emu.firecracker.config import UNSUPPORTED, FirecrackerConfigError, VmDescription
+from emu.firecracker.vm_description import UNSUPPORTED, FirecrackerConfigError, VmDescription
 
 log = logging.getLogger("emu.firecracker")
 

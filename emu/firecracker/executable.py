@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import EmuError, ExitStatus
-from emu.firecracker.api import FIRECRACKER_API_VERSION, Api, ApiServer, Vmm
-from emu.firecracker.config import VmDescription
+from emu.firecracker.rest_api import FIRECRACKER_API_VERSION, Api, ApiServer, Vmm
+from emu.firecracker.vm_description import VmDescription
 
 log = logging.getLogger("emu.firecracker")
 
