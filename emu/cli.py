@@ -21,7 +21,7 @@ from emu.options import add_machine_options, add_output_options, add_run_options
 
 if TYPE_CHECKING:
     from emu.config import MachineConfig
-    from emu.machine import Machine, Sink
+    from emu.machine import Machine, RunResult, Sink
     from emu.report import FaultReport
     from emu.terminal import StdioConsole
 
@@ -131,6 +131,7 @@ def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
                 console.stop()
         rerun = rerun_settings(args.argv, machine)
         report = fault_report(machine, result, rerun, replay=args.on_triple_fault == "replay")
+        where = _where(machine, result)
     finally:
         if machine is not None:
             if on_machine is not None:
@@ -150,8 +151,24 @@ def run_config(cfg: MachineConfig, args: argparse.Namespace, *,
         if args.verbose:
             sys.stderr.write(profile.table() + "\n")
     if not args.quiet:
+        for line in where:
+            sys.stderr.write(f"emu: {line}\n")
         sys.stderr.write(f"emu: {reason} (exit status {status})\n")
     return status
+
+
+def _where(machine: Machine, result: RunResult) -> list[str]:
+    """Where the CPU was, for a run emu ended (timeouts, Ctrl-A x) rather than the guest."""
+    from emu.machine import ENDED_BY_EMU
+    from emu.report.where import where_lines
+
+    if result.state is None or not result.reason.startswith(ENDED_BY_EMU):
+        return []
+    cpu = result.exit.detail.get("cpu", 0) if result.exit is not None and machine.cfg.smp > 1 else None
+    try:
+        return where_lines(result.state, machine.memory, machine.backend.block_trace(), cpu)
+    except Exception as e:  # the summary must come out whatever this finds
+        return [f"(where the CPU was: not known: {e})"]
 
 
 def _message_line(line: str) -> None:

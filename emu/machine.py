@@ -59,6 +59,8 @@ class Device(Protocol):
 
 
 SERIAL_CAPTURE_LIMIT = 16 << 20  # bytes of serial output kept for RunResult (the tail)
+#: How the reasons of runs that emu ended, not the guest, begin (the CLI then says where the CPU was).
+ENDED_BY_EMU = ("timeout:", "quit by the user", "--expect-timeout expired")
 
 
 class Action(Enum):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from guests.backends import BACKEND_PARAMS, require
 from guests.cli import emu_run
 
+from emu.config import BackendName
 from emu.errors import ExitStatus
 from emu.tools.asm import assemble
 
@@ -162,3 +165,20 @@ def test_guest_reset(tmp_path: Path, backend: str) -> None:
     p = emu_run("--backend", backend, "--image", str(img), "--timeout", "3")
     assert p.returncode == ExitStatus.TIMEOUT
     assert p.stdout.count("B") >= 3, p.stdout
+
+
+SPIN = "bits 16\norg 0x8000\n    cli\n    mov ax, 1\nspin:\n    inc ax\n    jmp spin\n"
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_a_run_that_times_out_says_where_the_cpu_was(backend: BackendName, tmp_path: Path) -> None:
+    require(backend)
+    image = tmp_path / "spin.bin"
+    image.write_bytes(assemble(SPIN, name="spin"))
+    p = emu_run("--backend", backend.value, "--image", str(image), "--load-addr", "0x8000", "--timeout", "1")
+    assert p.returncode == ExitStatus.TIMEOUT
+    where = re.search(r"emu: the CPU was at 0000:(0x800[45]) \(linear 0x800[45], real\): (inc ax|jmp 0x8004)", p.stderr)
+    assert where, p.stderr
+    if backend is BackendName.UNICORN:  # the block trace: what ran before
+        assert "emu:   0x8001: mov ax, 1" in p.stderr
+    assert p.stderr.rstrip().endswith("emu: timeout: the guest ran for 1 s (exit status 124)")
