@@ -242,3 +242,16 @@ def test_several_cpus_each_shown_and_chosen(backend: BackendName, tmp_path: Path
     assert "no vCPU 9: the machine has 4 (0 to 3)" in p.stderr
     if backend is BackendName.UNICORN:  # emu's own APICs: the chosen vCPU's (KVM's are not decoded)
         assert "local APIC 3 (xapic, software-disabled, base 0xfee00000): TPR" in out, out
+
+
+def test_gdb_habits(tmp_path: Path) -> None:
+    """x/4gx as well as x/4xg, $pc/$sp, p/x p/d p/t p/c, set $pc: what gdb users type."""
+    image = tmp_path / "spin.bin"
+    image.write_bytes(assemble_file(GUEST))
+    script = "x/2gx 0x8000\nx/2xg 0x8000\np/x $pc\np/t 5\np/c 0x41\np/d -1\nset $pc = $pc + 1\np/x $pc\nx/2gxg 0\n"
+    p = emu_debug("--image", str(image), "--load-addr", "0x8000", script=script)
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("0x8000:") and lines[0] == lines[1]  # the size on either side of the format
+    assert lines[2:7] == ["$pc = 0x8000", "5 = 101", "0x41 = 'A'", "-1 = -1", "pc = 0x8001"]
+    assert lines[7] == "$pc = 0x8001"
+    assert p.returncode == 2 and "bad format '2gxg'" in p.stderr

@@ -30,7 +30,9 @@ watch ADDR [LEN]              stop after writes to physical ADDR..ADDR+LEN (also
 catch mode|cr [REG..]|exception N|interrupt   stop on a mode change, CR0/CR3/CR4/EFER writes, a vector, any interrupt
 delete [N] | d [N]            delete a point (all without N); disable N, enable N
 x/FMT ADDR | xp/FMT ADDR      memory at a linear (x) or physical (xp) address; FMT = count, x d u o t c i s, b h w g
-print EXPR | p EXPR           evaluate an expression (registers, byte/word/dword/qword [ADDR])
+                              (the size before or after the format: x/4gx and x/4xg)
+print EXPR | p[/FMT] EXPR     evaluate an expression (registers, $pc/$sp/$fp, byte/word/dword/qword [ADDR]);
+                              FMT: x d u o t c
 set $REG = VALUE              write a 64-bit register, rip or rflags
 disas [LOC [N]]               disassemble (default: around the current instruction)
 info registers|r|gdt|idt|ivt|tss|ldt|tab|mode|break|pic|apic|e820|boot|serial|vga|history|backend|cpus
@@ -38,7 +40,10 @@ cpu N                         choose the vCPU that commands show and change (--s
 creg | sreg | page ADDR | print-stack [N]   Bochs: control registers, segment registers, page walk, stack
 echo TEXT | quit | q | help
 """
-_X = re.compile(r"^(\d*)([xduotcais]?)([bhwg]?)$")
+# gdb takes the size letter before or after the format letter (x/4xg and x/4gx).
+_X = re.compile(r"^(\d*)([bhwg]?)([xduotcais]?)([bhwg]?)$")
+# gdb's names for the program counter, stack and frame pointers.
+_ALIASES = {"pc": "rip", "sp": "rsp", "fp": "rbp"}
 _UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 
 
@@ -88,6 +93,8 @@ class ScriptRunner:
         word, _, rest = text.partition(" ")
         if word.startswith(("x/", "xp/")) or word in ("x", "xp"):
             return self.cmd_x(word, rest.strip())
+        if word.startswith(("p/", "print/")):
+            return self.cmd_print(rest.strip(), word.partition("/")[2])
         handler = self._commands.get(word.lower())
         if handler is None:
             raise EmuError(f"unknown command {word!r} (try `help`)")
@@ -218,11 +225,12 @@ class ScriptRunner:
         phys = word.startswith("xp")
         fmt_text = word.partition("/")[2]
         m = _X.match(fmt_text)
-        if m is None:
+        if m is None or (m.group(2) and m.group(4)):
             raise EmuError(f"bad format {fmt_text!r}: x/[COUNT][x|d|u|o|t|c|a|i|s][b|h|w|g]")
         count = int(m.group(1)) if m.group(1) else 1
-        fmt = m.group(2) or self._x_fmt[0]
-        unit = _UNITS[m.group(3)] if m.group(3) else (1 if fmt == "c" else self._x_fmt[1])
+        fmt = m.group(3) or self._x_fmt[0]
+        size = m.group(2) or m.group(4)
+        unit = _UNITS[size] if size else (1 if fmt == "c" else self._x_fmt[1])
         if not arg:
             raise EmuError("x needs an address")
         loc = self.s.parse_location(("phys " if phys else "") + arg)
@@ -246,18 +254,24 @@ class ScriptRunner:
     def _read(self, addr: int, size: int, space: AddrSpace) -> bytes:
         return self.s.read_physical(addr, size) if space is AddrSpace.PHYSICAL else self.s.read_linear(addr, size)
 
-    def cmd_print(self, arg: str) -> None:
+    def cmd_print(self, arg: str, fmt: str = "") -> None:
+        """print EXPR, or gdb's p/x, p/d, p/u, p/o, p/t, p/c."""
         if not arg:
             raise EmuError("print needs an expression")
-        value = self.s.evaluate(arg.replace("$", ""))
-        self.write(f"{arg} = {value:#x} ({value})")
+        value = self.s.evaluate(_expression(arg))
+        signed = value if value < 1 << 63 else value - (1 << 64)
+        shown = {"": f"{value:#x} ({value})", "x": f"{value:#x}", "d": str(signed), "u": str(value),
+                 "o": f"{value:#o}", "t": f"{value:b}", "c": repr(chr(value & 0xFF))}.get(fmt)  # fmt: skip
+        if shown is None:
+            raise EmuError(f"bad format /{fmt}: print/[x|d|u|o|t|c]")
+        self.write(f"{arg} = {shown}")
 
     def cmd_set(self, arg: str) -> None:
         m = re.match(r"^\$?(\w+)\s*=\s*(.+)$", arg)
         if m is None:
             raise EmuError("set $REG = VALUE")
-        value = self.s.evaluate(m.group(2).replace("$", ""))
-        self.s.set_register(m.group(1), value)
+        value = self.s.evaluate(_expression(m.group(2)))
+        self.s.set_register(_ALIASES.get(m.group(1).lower(), m.group(1)), value)
         self.write(f"{m.group(1)} = {value:#x}")
 
     def cmd_disas(self, arg: str) -> None:
@@ -366,3 +380,8 @@ class ScriptRunner:
 
     def cmd_help(self, arg: str) -> None:
         self.write(COMMANDS)
+
+
+def _expression(text: str) -> str:
+    """gdb's `$reg` and `$pc`/`$sp`/`$fp` as the expression language's register names."""
+    return re.sub(r"\$(\w+)", lambda m: _ALIASES.get(m.group(1).lower(), m.group(1)), text)
