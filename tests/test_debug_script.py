@@ -3,6 +3,7 @@ results; a bad command is one error line with status 2; without --script, one li
 
 from __future__ import annotations
 
+import lzma
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from guests.cli import emu
 from emu.config import BackendName
 from emu.errors import ExitStatus
 from emu.tools.asm import assemble_file
+from emu.tools.guests import LinuxGuest
 
 GUEST = Path(__file__).parent / "guests" / "debug" / "modes.asm"
 
@@ -255,3 +257,43 @@ def test_gdb_habits(tmp_path: Path) -> None:
     assert lines[2:7] == ["$pc = 0x8000", "5 = 101", "0x41 = 'A'", "-1 = -1", "pc = 0x8001"]
     assert lines[7] == "$pc = 0x8001"
     assert p.returncode == 2 and "bad format '2gxg'" in p.stderr
+
+
+OSV_ROFS = Path(__file__).resolve().parents[2] / "shared" / "guests" / "osv" / "rofs"
+
+
+def test_symbols_of_a_kernel_from_its_unstripped_elf(tmp_path: Path) -> None:
+    """--symbols loader.elf (OSv's kernel with its full symbol table) gives `b main`, which stops
+    in OSv's main."""
+    if not (OSV_ROFS / "loader.elf.xz").is_file():
+        pytest.skip(f"the OSv test guests are not beside this checkout ({OSV_ROFS})")
+    elf = tmp_path / "loader.elf"
+    elf.write_bytes(lzma.decompress((OSV_ROFS / "loader.elf.xz").read_bytes()))
+    kernel = ["--kernel", str(OSV_ROFS / "loader-stripped.elf"), "--cmdline", "--rootfs=ramfs /hello"]
+    p = emu_debug(*kernel, "--symbols", str(elf), script="b main\nc\n")
+    assert p.returncode == 0, p.stderr
+    assert "stopped (breakpoint): breakpoint 1 at main" in p.stdout
+    assert "=> 0x40222c50 [long64]  0x40222c50 <main>:" in p.stdout
+
+
+def test_a_kernel_without_symbols_says_how_to_give_them(guest: LinuxGuest) -> None:
+    p = emu_debug("--kernel", str(guest.vmlinux), script="b start_kernel\n")  # extracted from a bzImage
+    assert p.returncode == 2 and "the kernel has no symbols; give them with --symbols FILE" in p.stderr
+
+
+def test_symbols_from_a_system_map_with_an_offset(image: Path, tmp_path: Path) -> None:
+    """A System.map (or kallsyms) line per symbol, every address moved by @OFFSET."""
+    system_map = tmp_path / "System.map"
+    system_map.write_text("0000000000000030 T mode_call\n0000000000000000 A absolute_value\nnot a symbol line\n")
+    p = emu_debug("--image", str(image), "--load-addr", "0x8000", "--symbols", f"{system_map}@0x8000",
+                  script="b mode_call\nc\n")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "breakpoint 1 at linear 0x8030 (mode_call)" in p.stdout
+    assert "stopped (breakpoint): breakpoint 1 at mode_call" in p.stdout
+    for spec, message in ((str(tmp_path / "absent.map"), "no such file"), (f"{system_map}@zz", "not an offset")):
+        p = emu_debug("--image", str(image), "--symbols", spec, script="")
+        assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    empty = tmp_path / "empty.map"
+    empty.write_text("nothing here\n")
+    p = emu_debug("--image", str(image), "--symbols", str(empty), script="")
+    assert p.returncode == 2 and "no `ADDRESS TYPE NAME` lines" in p.stderr

@@ -48,6 +48,9 @@ def add_debug_parser(sub: Any) -> None:
     add_run_options(debug)
     add_output_options(debug)
     debug.add_argument("--script", metavar="FILE|-", help="run debugger commands from FILE (- for stdin) and exit")
+    debug.add_argument("--symbols", action="append", default=[], metavar="FILE[@OFFSET]",
+                       help="symbols for breakpoints and listings (repeatable): an ELF with a symbol table, a "
+                            "System.map or a kallsyms copy, each address plus OFFSET (KASLR, relocation)")  # fmt: skip
     debug.set_defaults(handler=cmd_debug)
 
 
@@ -73,7 +76,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
         except UnicodeDecodeError:
             raise EmuError(f"--script {args.script}: not a text file") from None
     cfg = config_from_args(args)
-    session = DebugSession.open(cfg)
+    session = DebugSession.open(cfg, symbol_files=args.symbols)
     try:
         runner = ScriptRunner(session, sys.stdout)
         try:

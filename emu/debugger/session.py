@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -137,12 +138,18 @@ class DebugSession:
         self.last_stop = Stop(StopKind.STEP, "paused at the first instruction", self.state(), 0)
 
     @classmethod
-    def open(cls, cfg: MachineConfig, *, history_size: int = DEFAULT_SIZE) -> DebugSession:
+    def open(cls, cfg: MachineConfig, *, history_size: int = DEFAULT_SIZE,
+             symbol_files: Sequence[str] = ()) -> DebugSession:  # fmt: skip
         """Build the machine for `cfg` (serial output captured, not printed) on a clock the
-        session pauses while it holds the guest, and a session on it."""
+        session pauses while it holds the guest, and a session on it. `symbol_files`:
+        --symbols FILE[@OFFSET] specs, added to the --kernel ELF's own symbols."""
+        symbols = Symbols.empty()
+        for spec in symbol_files:  # read first: a bad file is one line before anything starts
+            symbols = symbols.merged(Symbols.load(spec))
         machine = Machine(cfg, clock=PausableClock())
         try:
-            symbols = Symbols.from_elf(cfg.kernel) if cfg.kernel is not None else None
+            if cfg.kernel is not None:
+                symbols = symbols.merged(Symbols.from_elf(cfg.kernel))
             return cls(machine, history_size=history_size, symbols=symbols)
         except BaseException:
             machine.close()
@@ -247,6 +254,10 @@ class DebugSession:
             return Location(AddrSpace.LINEAR, self._number(body), spec)
         except EmuError:
             addr = self.symbols.address(body)
+            if addr is None and not self.symbols and self.machine.cfg.kernel is not None:
+                raise EmuError(f"no symbol {spec!r}: the kernel has no symbols; give them with --symbols FILE "
+                               "(an ELF with its symbol table, a System.map or a kallsyms copy; FILE@OFFSET "
+                               "for a relocated or KASLR kernel)") from None  # fmt: skip
             if addr is None:
                 raise EmuError(f"no symbol or address {spec!r}") from None
             return Location(AddrSpace.LINEAR, addr, spec)
