@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from emu.devices.boot_timer import Start
+from emu.timers import ProcessStart
 
 SCHEMA = "emu-boot-profile/1"
 SHOWN_REPEATS = 3  # mode changes of one kind the SVG draws (the JSON has all)
@@ -37,7 +37,7 @@ class Milestone:
 class BootProfile:
     """Collects milestones from any thread; `clock`/`code` are set once the machine exists."""
 
-    def __init__(self, started: Start) -> None:
+    def __init__(self, started: ProcessStart) -> None:
         self._started = started
         self._lock = threading.Lock()
         self.milestones: list[Milestone] = []

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, NoReturn
 from emu import __version__
 from emu.boot_profile import BootProfile
 from emu.debugger.command import add_debug_parser
-from emu.devices.boot_timer import Start
 from emu.errors import EmuError, ExitStatus
 from emu.expect import ExpectWatch, apply_expectations
 from emu.options import add_machine_options, add_output_options, add_run_options, config_from_args
+from emu.timers import ProcessStart
 
 if TYPE_CHECKING:
     from emu.config import MachineConfig
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from emu.terminal import StdioConsole
 
 #: When this process started, for the boot timer (Firecracker counts from its own start).
-STARTED = Start.now()
+STARTED = ProcessStart.now()
 
 EXIT_STATUS_HELP = """exit statuses:
   0     the guest powered off or halted for good (cli; hlt), or you quit (Ctrl-A x);

@@ -162,6 +162,11 @@ VIRTIO_MMIO_IRQS = (5, 6, 7, 10, 11)  # slot n interrupts on VIRTIO_MMIO_IRQS[n]
 PORT_PCI_CONFIG_ADDRESS = 0xCF8
 PORT_PCI_CONFIG_DATA = 0xCFC
 PCI_MMIO_BASE = MMIO_HOLE_START
+# Firecracker's boot timer (--boot-timer only): the first page of its 32-bit MMIO window, which is
+# where emu's PCI window starts, and the port older Firecracker releases used.
+FIRECRACKER_BOOT_TIMER_BASE = 0xC000_0000
+FIRECRACKER_BOOT_TIMER_SIZE = 0x1000
+PORT_FIRECRACKER_BOOT_TIMER = 0x3F0
 PCI_MMIO_END = VIRTIO_MMIO_BASE
 PCI_IO_BASE = 0xC000
 PCI_IO_END = 0x1_0000

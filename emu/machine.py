@@ -20,7 +20,7 @@ from emu.config import BackendName, MachineConfig, TripleFaultPolicy, validate
 from emu.cpu.state import CpuState, Mode
 from emu.deterministic import FIXED_EPOCH, VirtualClock
 from emu.devices.acpi_pm import AcpiPm
-from emu.devices.boot_timer import BootTimer, Start
+from emu.devices.boot_timer import BootTimer
 from emu.devices.cmos import Cmos
 from emu.devices.debugport import DebugConsole, DebugExit, PostCodes
 from emu.devices.hpet import Hpet
@@ -45,7 +45,7 @@ from emu.firmware.tables.acpi import AcpiConfig, MmioDevice, write_acpi
 from emu.memory import GuestMemory
 from emu.platform import IrqChip, IrqLine
 from emu.roms import rom_path
-from emu.timers import Clock, HostClock, TimerQueue, TimerThread
+from emu.timers import Clock, HostClock, ProcessStart, TimerQueue, TimerThread
 
 log = logging.getLogger("emu.machine")
 
@@ -166,7 +166,7 @@ class Machine:
         *,
         clock: Clock | None = None,
         messages: Callable[[str], None] | None = None,
-        started: Start | None = None,
+        started: ProcessStart | None = None,
         profile: BootProfile | None = None,
     ) -> None:
         """`clock`: host time for the machine's devices (default: the host's monotonic clock;
@@ -175,7 +175,7 @@ class Machine:
         while the guest runs (the boot timer's; default: the log). `started`: when the VMM
         started, for the boot timer (default: now)."""
         self._messages = messages or log.info
-        self._started = started or Start.now()
+        self._started = started or ProcessStart.now()
         self.profile = profile
         validate(cfg)
         self.cfg = cfg

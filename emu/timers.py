@@ -30,6 +30,19 @@ def wall_ns_at_zero(clock: Clock, epoch: float | None) -> int:
     return whole * 1_000_000_000 + round((epoch - whole) * 1_000_000_000)
 
 
+@dataclass(frozen=True)
+class ProcessStart:
+    """When this process started: host monotonic and process CPU time (ns). Firecracker's boot
+    timer and the boot profile count from it."""
+
+    wall_ns: int
+    cpu_ns: int
+
+    @classmethod
+    def now(cls) -> ProcessStart:
+        return cls(time.monotonic_ns(), time.process_time_ns())
+
+
 class HostClock:
     """Monotonic host time: guests see real seconds."""
 

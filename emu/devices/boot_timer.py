@@ -10,29 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from emu import layout
 from emu.bus import Bus
+from emu.timers import ProcessStart
 
-MMIO_BASE = 0xC000_0000
-MMIO_SIZE = 0x1000
-PORT = 0x3F0
 MAGIC = 123  # "guest boot complete"
 
 
-@dataclass(frozen=True)
-class Start:
-    """When the VMM started: host monotonic and process CPU time (ns)."""
-
-    wall_ns: int
-    cpu_ns: int
-
-    @classmethod
-    def now(cls) -> Start:
-        return cls(time.monotonic_ns(), time.process_time_ns())
-
-
-def boot_time_line(start: Start, wall_ns: int, cpu_ns: int) -> str:
+def boot_time_line(start: ProcessStart, wall_ns: int, cpu_ns: int) -> str:
     """Firecracker's line: `Guest-boot-time =  12345 us 12 ms,   2345 CPU us 2 CPU ms`."""
     us, cpu_us = (wall_ns - start.wall_ns) // 1000, (cpu_ns - start.cpu_ns) // 1000
     return f"Guest-boot-time = {us:>6} us {us // 1000} ms, {cpu_us:>6} CPU us {cpu_us // 1000} CPU ms"
@@ -41,14 +27,15 @@ def boot_time_line(start: Start, wall_ns: int, cpu_ns: int) -> str:
 class BootTimer:
     """The device, on its MMIO page and its port; `report` gets each line."""
 
-    def __init__(self, start: Start, report: Callable[[str], None]) -> None:
+    def __init__(self, start: ProcessStart, report: Callable[[str], None]) -> None:
         self._start = start
         self._report = report
         self.lines: list[str] = []
 
     def register(self, bus: Bus) -> None:
-        bus.register_mmio(MMIO_BASE, MMIO_SIZE, self, "Firecracker boot timer")
-        bus.register_pio(PORT, 1, self, "Firecracker boot timer (port)")
+        bus.register_mmio(layout.FIRECRACKER_BOOT_TIMER_BASE, layout.FIRECRACKER_BOOT_TIMER_SIZE, self,
+                          "Firecracker boot timer")  # fmt: skip
+        bus.register_pio(layout.PORT_FIRECRACKER_BOOT_TIMER, 1, self, "Firecracker boot timer (port)")
 
     def _write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 1 and value == MAGIC:
