@@ -7,7 +7,7 @@ import argparse
 import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emu import layout
 from emu.config import (
@@ -24,6 +24,9 @@ from emu.config import (
 )
 from emu.errors import EmuError
 from emu.memory import parse_size
+
+if TYPE_CHECKING:
+    from emu.firecracker.vm_description import VmDescription
 
 log = logging.getLogger("emu.options")
 
@@ -244,9 +247,15 @@ def _from_config_file(args: argparse.Namespace) -> MachineConfig:
     vm = VmDescription.load(args.config_file)
     for note in vm.notes():
         log.warning("--config-file: %s", note)
+    return described_machine(vm, args)
+
+
+def described_machine(vm: VmDescription, args: argparse.Namespace) -> MachineConfig:
+    """A Firecracker VM description (--config-file, emu-firecracker) on the backend and run settings
+    of `emu run` options `args`, checked."""
     base = MachineConfig(
         backend=BackendName(args.backend), timeout=args.timeout, triple_fault=TripleFaultPolicy(args.triple_fault),
-        deterministic=args.deterministic, acpi=args.acpi == "on", boot_timer=args.boot_timer,
+        deterministic=args.deterministic, boot_timer=args.boot_timer,
     )  # fmt: skip
     cfg = vm.machine_config(base)
     validate(cfg)

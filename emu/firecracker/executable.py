@@ -82,17 +82,10 @@ def _emu_args(fc: argparse.Namespace) -> argparse.Namespace:
 def _start(args: argparse.Namespace) -> Any:
     """The function the Vmm runs at InstanceStart: emu's run of the described machine."""
     from emu.cli import run_config
-    from emu.config import BackendName, MachineConfig, TripleFaultPolicy
+    from emu.options import described_machine
 
     def start(vm: VmDescription, vmm: Vmm) -> int:
-        base = MachineConfig(
-            backend=BackendName(args.backend), timeout=args.timeout, deterministic=args.deterministic,
-            triple_fault=TripleFaultPolicy(args.triple_fault), boot_timer=args.boot_timer,
-        )  # fmt: skip
-        cfg = vm.machine_config(base)
-        from emu.config import validate
-
-        validate(cfg)
+        cfg = described_machine(vm, args)
 
         def on_machine(machine: Any) -> None:
             with vmm.lock:

@@ -17,6 +17,7 @@ reboot (`reboot=k`) ends the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,25 +270,20 @@ class VmDescription:
         if root is not None:
             device = f"PARTUUID={root.partuuid}" if root.partuuid else "/dev/vda"
             args = f"{args} root={device} {'ro' if root.is_read_only else 'rw'}"
-        cfg = base or MachineConfig()
-        cfg.kernel = Path(b.kernel_image_path)
-        cfg.initrd = Path(b.initrd_path) if b.initrd_path else None
-        cfg.cmdline = args
-        cfg.boot = BootKind.AUTO
-        cfg.mem = self.mem_size_mib * layout.MiB
-        cfg.smp = self.vcpu_count
-        cfg.disks = [DiskSpec(Path(d.path_on_host), readonly=d.is_read_only, transport=VirtioTransport.MMIO)
-                     for d in self.drives]  # fmt: skip
-        cfg.nets = [NetSpec(tap=n.host_dev_name, mac=_mac(n.guest_mac, "") if n.guest_mac else None,
-                            transport=VirtioTransport.MMIO) for n in self.network_interfaces]  # fmt: skip
-        cfg.rng = VirtioSpec(transport=VirtioTransport.MMIO) if self.entropy is not None else None
-        cfg.virtio_transport = VirtioTransport.MMIO
-        cfg.no_reboot = True  # Firecracker exits when the guest reboots (reboot=k)
-        # Firecracker (since v1.8) writes ACPI tables whose DSDT lists the virtio-mmio devices and
-        # also announces them on the command line.
-        cfg.acpi = True
-        cfg.virtio_cmdline_too = True
-        return cfg
+        mmio = VirtioTransport.MMIO
+        return dataclasses.replace(
+            base or MachineConfig(),
+            kernel=Path(b.kernel_image_path), initrd=Path(b.initrd_path) if b.initrd_path else None, cmdline=args,
+            boot=BootKind.AUTO, mem=self.mem_size_mib * layout.MiB, smp=self.vcpu_count, virtio_transport=mmio,
+            disks=[DiskSpec(Path(d.path_on_host), readonly=d.is_read_only, transport=mmio) for d in self.drives],
+            nets=[NetSpec(tap=n.host_dev_name, mac=_mac(n.guest_mac, "") if n.guest_mac else None, transport=mmio)
+                  for n in self.network_interfaces],
+            rng=VirtioSpec(transport=mmio) if self.entropy is not None else None,
+            no_reboot=True,  # Firecracker exits when the guest reboots (reboot=k)
+            # Firecracker (since v1.8) writes ACPI tables whose DSDT lists the virtio-mmio devices
+            # and also announces them on the command line.
+            acpi=True, virtio_cmdline_too=True,
+        )  # fmt: skip
 
 
 # -- field checks: Firecracker's serde errors, as one line ---------------------------------------
