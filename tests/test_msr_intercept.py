@@ -139,7 +139,7 @@ def test_kvmclock_structures_give_the_guest_the_machine_clock() -> None:
     tsc = FixedTsc()
     memory = GuestMemory(8 << 20)
     try:
-        kc = KvmClock(memory, clock, tsc, epoch=1_704_067_200)
+        kc = KvmClock(memory, clock, tsc, epoch=1_704_067_200).handler(0)
         clock.advance(3_000_000)  # 3 ms after start
         tsc.value = 123_456_789
         assert kc.write_msr(MSR_KVM_SYSTEM_TIME_NEW, 0x5000 | 1)

@@ -49,13 +49,13 @@ def time_scale(tsc_khz: int) -> tuple[int, int]:
 
 
 class KvmClock:
-    """The kvmclock MSRs (emu.platform.MsrHandler) and the structures they point at."""
+    """kvmclock's shared part: the structures the MSRs point at, from one clock reading; each
+    vCPU's MSRs are `handler(cpu)`."""
 
     def __init__(self, memory: GuestMemory, clock: Clock, tsc: GuestTsc, *, epoch: float | None = None,
                  cpus: int = 1) -> None:  # fmt: skip
         """`epoch`: the wall-clock time (Unix seconds) at clock time 0 of a deterministic run; None:
-        the host's time now. `cpus`: vCPUs, each with its own MSRs (`handler(cpu)`); this object
-        is CPU 0's."""
+        the host's time now. `cpus`: vCPUs, each with its own MSRs (`handler(cpu)`)."""
         self._memory = memory
         self._clock = clock
         self._tsc = tsc
@@ -63,8 +63,7 @@ class KvmClock:
         # The wall-clock time at system_time 0: what the guest adds system_time to.
         self._wall_at_start = wall_ns_at_zero(clock, epoch) + self._start_ns
         self._mul, self._shift = time_scale(tsc.khz)
-        self._cpus = [dict.fromkeys(MSRS, 0) for _ in range(cpus)]
-        self._msrs = self._cpus[0]
+        self._cpus = [KvmClockMsrs(self) for _ in range(cpus)]
         # One (TSC, clock) reading for every vCPU's structure: readings taken apart would differ
         # by their sampling error, and a guest trusting the stable bit would see time step back
         # between CPUs. Both run at fixed rates, so one reading serves for ever.
@@ -72,32 +71,23 @@ class KvmClock:
 
     def handler(self, cpu: int) -> MsrHandler:
         """The kvmclock MSRs of vCPU `cpu`."""
-        return self if cpu == 0 else _CpuKvmClock(self, self._cpus[cpu])
+        return self._cpus[cpu]
 
     @property
     def scale(self) -> tuple[int, int]:
         return self._mul, self._shift
 
-    def read_msr(self, msr: int) -> int | None:
-        return self._msrs.get(msr)
-
-    def write_msr(self, msr: int, value: int) -> bool:
-        return self.write_cpu_msr(self._msrs, msr, value)
-
-    def write_cpu_msr(self, msrs: dict[int, int], msr: int, value: int) -> bool:
-        if msr not in msrs:
-            return False
-        msrs[msr] = value
+    def written(self, msr: int, value: int) -> None:
+        """A vCPU wrote `value` to kvmclock MSR `msr`: fill the structure it points at."""
         if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW) and value & 1:
             self._write(value & ~0x1F, self._time_info(), "system time")  # 32-byte aligned
         elif msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
             wall = self._wall_at_start
             self._write(value, _WALL_CLOCK.pack(2, wall // _NS, wall % _NS), "wall clock")
-        return True
 
     def reset(self) -> None:
         for msrs in self._cpus:
-            msrs.update(dict.fromkeys(MSRS, 0))
+            msrs.reset()
         self._reference = None
 
     def _time_info(self) -> bytes:
@@ -114,15 +104,22 @@ class KvmClock:
             log.debug("kvmclock %s at %#x is outside guest RAM: ignored", what, addr)
 
 
-class _CpuKvmClock:
-    """Another vCPU's kvmclock MSRs (emu.platform.MsrHandler) over the shared clock."""
+class KvmClockMsrs:
+    """One vCPU's kvmclock MSRs (emu.platform.MsrHandler) over the shared clock."""
 
-    def __init__(self, clock: KvmClock, msrs: dict[int, int]) -> None:
+    def __init__(self, clock: KvmClock) -> None:
         self._clock = clock
-        self._msrs = msrs
+        self._values = dict.fromkeys(MSRS, 0)
 
     def read_msr(self, msr: int) -> int | None:
-        return self._msrs.get(msr)
+        return self._values.get(msr)
 
     def write_msr(self, msr: int, value: int) -> bool:
-        return self._clock.write_cpu_msr(self._msrs, msr, value)
+        if msr not in self._values:
+            return False
+        self._values[msr] = value
+        self._clock.written(msr, value)
+        return True
+
+    def reset(self) -> None:
+        self._values = dict.fromkeys(MSRS, 0)
