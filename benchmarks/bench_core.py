@@ -100,11 +100,7 @@ tick:
     inc qword [COUNT]
     mov dword [LAPIC + APIC_EOI], 0
     iretq
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END
 """
 SNIPPETS = GUESTS / "snippets"
 

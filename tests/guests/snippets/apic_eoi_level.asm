@@ -126,8 +126,4 @@ uart_handler:                           ; counts; the EOI is the main flow's bus
     inc qword [COUNT]
     iretq
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END

@@ -180,8 +180,4 @@ handler_52:
     pop rax
     iretq
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END

@@ -200,12 +200,7 @@
     mov [HPET + HPET_TN_CONFIG(0)], rbx
     cmp r12, [HPET + HPET_TN_CMP(0)]
     RESULT_ZF "one-shot: comparator reads back"
-.oneshot_wait:
-    sti
-    hlt
-    cli
-    cmp qword [COUNT], 0
-    je .oneshot_wait
+    HLT_UNTIL_SET [COUNT]
     call ref_now
     sub rax, r13
     RANGE "one-shot: woke from hlt after 20 ms +- 30%", rax, MS(14), MS(26)
@@ -314,8 +309,4 @@ putdec:
     pop rax
     ret
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END

@@ -68,12 +68,7 @@
     mov ecx, IOAPIC_RTE(PIT_PIN)
     mov eax, VEC_TICK
     call ioapic_write
-.first:
-    sti
-    hlt
-    cli
-    cmp qword [TICKS], 0
-    je .first
+    HLT_UNTIL_SET [TICKS]
     PRINT "woke from hlt on vector 42", 10
 
     call ref_now
@@ -118,8 +113,4 @@ tick_handler:
     mov dword [LAPIC + APIC_EOI], 0
     iretq
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END

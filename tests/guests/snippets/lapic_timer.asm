@@ -112,12 +112,7 @@
 .ran_down:
     cmp eax, 1
     RESULT_ZF "one-shot: current count runs down"
-.oneshot_wait:
-    sti
-    hlt
-    cli
-    cmp qword [COUNT], 0
-    je .oneshot_wait
+    HLT_UNTIL_SET [COUNT]
     call ref_now
     sub rax, r13
     RANGE "one-shot: woke from hlt after 20 ms +- 30%", rax, MS(14), MS(26)
@@ -213,12 +208,7 @@
     or rax, rdx
     cmp rax, r14
     RESULT_ZF "tsc-deadline: IA32_TSC_DEADLINE reads back"
-.deadline_wait:
-    sti
-    hlt
-    cli
-    cmp qword [COUNT], 0
-    je .deadline_wait
+    HLT_UNTIL_SET [COUNT]
     call ref_now
     sub rax, r13
     RANGE "tsc-deadline: woke from hlt after 20 ms +- 30%", rax, MS(14), MS(26)
@@ -245,12 +235,7 @@
     mov eax, 1                          ; long past
     xor edx, edx
     wrmsr
-.past_wait:
-    sti
-    hlt
-    cli
-    cmp qword [COUNT], 0
-    je .past_wait
+    HLT_UNTIL_SET [COUNT]
     PRINT "tsc-deadline: a deadline in the past fires at once", 10
 
     mov qword [COUNT], 0
@@ -377,8 +362,4 @@ spurious_handler:                       ; no EOI for the spurious vector
     inc qword [SPURIOUS]
     iretq
 
-    LIB_ROUTINES
-    APIC_ROUTINES
-bits 16
-    LIB_ROUTINES
-    STD_GDT
+    APIC_GUEST_END
