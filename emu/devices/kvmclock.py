@@ -73,10 +73,6 @@ class KvmClock:
         """The kvmclock MSRs of vCPU `cpu`."""
         return self._cpus[cpu]
 
-    @property
-    def scale(self) -> tuple[int, int]:
-        return self._mul, self._shift
-
     def written(self, msr: int, value: int) -> None:
         """A vCPU wrote `value` to kvmclock MSR `msr`: fill the structure it points at."""
         if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW) and value & 1:

@@ -520,10 +520,6 @@ class Qcow2Image:
         block[at] = block[at] & ~(self._rc_max << shift) | value << shift
         return at, 1
 
-    def _refcount(self, cluster: int) -> int:
-        index, slot = divmod(cluster, self._rc_per_block)
-        return self._get(self._refblock(index), slot) if self._has_block(index) else 0
-
     def _add_ref(self, cluster: int, delta: int) -> None:
         index, slot = divmod(cluster, self._rc_per_block)
         if not self._has_block(index):

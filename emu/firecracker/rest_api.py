@@ -16,7 +16,6 @@ import os
 import socketserver
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -82,15 +81,6 @@ class Vmm(threading.Thread):
                 raise ApiError(f"Cannot start microvm: {e}") from None
             self.state = VmState.RUNNING
         self.start()
-
-
-@dataclass
-class _Route:
-    method: str
-    handler: Callable[[Any, str], tuple[HTTPStatus, Any]]
-    pre_boot_only: bool = False
-    needs_body: bool = True
-    params: list[str] = field(default_factory=list)
 
 
 class Api:
