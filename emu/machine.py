@@ -570,7 +570,7 @@ class Machine:
     def _profile_mode(self, previous: Mode | None) -> Mode:
         """The boot profile's CPU milestones: the entry, then each mode change vCPU 0 shows."""
         assert self.profile is not None
-        st = self.backend.get_state(0)
+        st = self.backend.sample_state(0)  # after every run: the cheap read
         where = f"{st.cs.selector:04x}:{st.rip:#x}"
         if previous is None:
             what = "kernel entry" if self._kernel is not None else "first instruction"

@@ -207,6 +207,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: CpuState, cpu: int = 0) -> None: ...
 
+    def sample_state(self, cpu: int = 0) -> CpuState:
+        """vCPU `cpu`'s registers, segments, control registers and RFLAGS, where a backend can read
+        them more cheaply than get_state() (no FPU, MSRs or debug registers): for frequent samples."""
+        return self.get_state(cpu)
+
     def cpu_status(self, cpu: int) -> str:
         """What vCPU `cpu` is doing, for `info cpus`: "running", "halted", "wait-for-sipi"."""
         return "running"

@@ -670,6 +670,11 @@ class UnicornBackend(Backend):
         s.gdt, s.idt = raw.table("gdt"), raw.table("idt")
         return s
 
+    def sample_state(self, cpu: int = 0) -> CpuState:
+        if cpu != self._v.index:
+            return self.get_state(cpu)
+        return self._state_from_raw(R.RawContext.save(self.uc), self.uc.reg_read(X.UC_X86_REG_RFLAGS))
+
     def get_state(self, cpu: int = 0) -> CpuState:
         if cpu != self._v.index:
             return self._with_vcpu(cpu, lambda: self.get_state(cpu))
